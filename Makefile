@@ -12,8 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+BRIDGE := $(BIN)/bridge $(if $(CONFIG),-c $(CONFIG))
+
+# Migrating first is safe to repeat: an up-to-date store is left as it is.
 run: $(STAMP)
-	$(BIN)/bridge run $(if $(CONFIG),-c $(CONFIG))
+	$(BRIDGE) db upgrade
+	exec $(BRIDGE) run
 
 test: check
 

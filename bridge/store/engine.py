@@ -94,16 +94,14 @@ class Store:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed on normal exit, rolled back on error."""
-        async with AsyncSession(self.engine, expire_on_commit=False) as session:
-            async with session.begin():
-                yield session
+        async with AsyncSession(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only session; never takes SQLite's write lock."""
-        async with AsyncSession(self._reader, expire_on_commit=False) as session:
-            async with session.begin():
-                yield session
+        async with AsyncSession(self._reader, expire_on_commit=False) as session, session.begin():
+            yield session
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""

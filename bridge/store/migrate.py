@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
 
 import bridge.store.models  # noqa: F401  (registers the tables on the metadata)
-from bridge.store.engine import async_url
+from bridge.store.engine import async_url, sqlite_path
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -38,14 +38,17 @@ def alembic_config(url: sa.URL) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     # Alembic's config is an INI file: a literal % in a password must be doubled.
-    cfg.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+    cfg.set_main_option(
+        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+    )
     return cfg
 
 
 def upgrade_sync(url: str | sa.URL, revision: str = "head", password: str | None = None) -> None:
     sync = sync_url(url, password)
-    if sync.get_backend_name() == "sqlite" and sync.database not in (None, "", ":memory:"):
-        Path(sync.database).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(sync)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(sync), revision)
 
 
@@ -68,6 +71,10 @@ def check_sync(url: str | sa.URL, password: str | None = None) -> SchemaStatus:
     sync = sync_url(url, password)
     head = ScriptDirectory.from_config(alembic_config(sync)).get_current_head()
     assert head is not None, "the migration history is empty"
+    # Connecting would create a missing SQLite file; a check must not change anything.
+    path = sqlite_path(sync)
+    if path is not None and not path.exists():
+        return SchemaStatus(None, head, ())
     engine = sa.create_engine(sync, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:

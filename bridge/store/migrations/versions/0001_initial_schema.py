@@ -137,9 +137,7 @@ def upgrade() -> None:
         sa.Column("display_name", sa.String(length=200), nullable=False),
         sa.Column("active", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.Column("has_portal_account", sa.Boolean(), server_default=sa.false(), nullable=False),
-        sa.Column(
-            "email_content_consent", sa.Boolean(), server_default=sa.false(), nullable=False
-        ),
+        sa.Column("email_content_consent", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("contact_of_id", sa.Integer(), nullable=True),
         sa.Column(
             "created_at",

@@ -1,0 +1,165 @@
+"""The daemon's lifecycle: start the components, tell systemd, wait, drain, stop.
+
+Every component is an async context manager entered on one `AsyncExitStack`
+(store first; the scheduler, outbound and inbound parts join it as they are
+built), so shutdown runs in reverse order of start-up. Signals: SIGTERM and
+SIGINT stop, SIGHUP reloads what can change without a restart. The watchdog
+is fed only while the event loop runs and every registered loop has beaten
+recently, so a stuck daemon gets restarted by systemd rather than kept alive.
+
+This module wires; it decides nothing about mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+from bridge import config, logs
+from bridge.errors import BridgeError
+from bridge.store.engine import Store
+from bridge.store.migrate import check as check_schema
+from bridge.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+# Settings sections that SIGHUP applies in place; the rest need a restart.
+_RELOADABLE = frozenset({"log"})
+
+
+class StartupError(BridgeError):
+    """A fatal problem at start-up; its message is the one line the operator sees."""
+
+
+class Liveness:
+    """Heartbeats of the daemon's long-running loops, for the watchdog."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._beats: dict[str, float] = {}
+
+    def beat(self, name: str) -> None:
+        self._beats[name] = self._clock()
+
+    def stale(self, max_age: float) -> list[str]:
+        now = self._clock()
+        return sorted(name for name, at in self._beats.items() if now - at > max_age)
+
+
+def instance_id(settings: config.Settings) -> str:
+    """This process's name in leases and audit events."""
+    return settings.daemon.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@asynccontextmanager
+async def open_store(settings: config.StoreSettings) -> AsyncIterator[Store]:
+    """The store, reachable and at the schema revision this code expects."""
+    password = settings.password.get_secret_value() if settings.password else None
+    async with Store(settings.url, password=password) as store:
+        try:
+            status = await check_schema(settings.url, password)
+        except Exception as err:
+            raise StartupError(f"store unreachable: {type(err).__name__}: {err}") from err
+        if not status.ok:
+            raise StartupError(
+                f"store schema is at revision {status.current or 'none'}, this bridge needs "
+                f"{status.head}: run `bridge db upgrade`"
+                + (f" ({len(status.differences)} differences)" if status.differences else "")
+            )
+        yield store
+
+
+class Daemon:
+    """One running bridge process."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        *,
+        config_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.env = dict(os.environ if env is None else env)
+        self.notifier = notifier or Notifier(self.env)
+        self.liveness = Liveness()
+        self.instance = instance_id(settings)
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or `request_stop`); return the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            async with AsyncExitStack() as stack:
+                store = await stack.enter_async_context(open_store(self.settings.store))
+                self.store = store
+                watchdog = asyncio.create_task(self._feed_watchdog(), name="watchdog")
+                stack.callback(watchdog.cancel)
+                log.info(
+                    "bridge started", extra={"instance": self.instance, "store": store.dialect}
+                )
+                self.notifier.ready("running")
+                await self._stop.wait()
+                log.info("stopping", extra={"instance": self.instance})
+                self.notifier.stopping("draining")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("bridge stopped", extra={"instance": self.instance})
+        return 0
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config, apply what can change in place, name the rest."""
+        self.notifier.reloading()
+        try:
+            fresh = config.load(self.config_path, self.env)
+        except config.ConfigError as err:
+            log.error("reload refused, keeping the running config: %s", err)
+            self.notifier.send(ready=1, status="running (reload refused)")
+            return
+        changed = [
+            name
+            for name in type(fresh).model_fields
+            if getattr(fresh, name) != getattr(self.settings, name)
+        ]
+        if "log" in changed:
+            logs.set_level(fresh.log.level)
+        needs_restart = sorted(set(changed) - _RELOADABLE)
+        self.settings = fresh.model_copy(
+            update={name: getattr(self.settings, name) for name in needs_restart}
+        )
+        log.info(
+            "reloaded",
+            extra={
+                "applied": ",".join(sorted(set(changed) & _RELOADABLE)) or "-",
+                "restart_needed": ",".join(needs_restart) or "-",
+            },
+        )
+        self.notifier.send(ready=1, status="running")
+
+    async def _feed_watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            stale = self.liveness.stale(max_age=interval)
+            if stale:
+                log.error("loops stalled, withholding watchdog", extra={"loops": ",".join(stale)})
+            else:
+                self.notifier.watchdog()
+            await asyncio.sleep(interval / 3)
