@@ -280,6 +280,14 @@ class Message(SQLModel, table=True):
             postgresql_where=sa.text("dispatched_at IS NULL"),
             sqlite_where=sa.text("dispatched_at IS NULL"),
         ),
+        # One inbound email files at most one message (DESIGN invariant 2).
+        sa.Index(
+            "ux_messages_inbound_email_id",
+            "inbound_email_id",
+            unique=True,
+            postgresql_where=sa.text("inbound_email_id IS NOT NULL"),
+            sqlite_where=sa.text("inbound_email_id IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -339,6 +347,9 @@ class Outbox(SQLModel, table=True):
         _check_in("mode", NotificationMode),
         _check_in("status", OutboxStatus),
         sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+        sa.CheckConstraint(
+            "recipient_id IS NOT NULL OR to_address IS NOT NULL", name="has_destination"
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -358,7 +369,12 @@ class Outbox(SQLModel, table=True):
         sa_column_kwargs=_text_default(OutboxStatus.PENDING.value),
     )
     organization_id: int = Field(foreign_key="organizations.id", index=True, ondelete="CASCADE")
-    recipient_id: int = Field(foreign_key="participants.id", index=True, ondelete="CASCADE")
+    # The participant the email is for; NULL only for a notice to an address that belongs to
+    # no participant (an unknown sender on the IMAP path), which then sets `to_address`.
+    recipient_id: int | None = Field(
+        default=None, foreign_key="participants.id", index=True, ondelete="CASCADE"
+    )
+    to_address: str | None = Field(default=None, max_length=320)
     thread_id: int | None = Field(
         default=None, foreign_key="threads.id", index=True, ondelete="CASCADE"
     )
@@ -395,6 +411,14 @@ class InboundEmail(SQLModel, table=True):
     received_via: str = Field(max_length=8)
     envelope_sender: str | None = Field(default=None, max_length=320)
     envelope_recipient: str = Field(max_length=320)
+    # Resolved by the pipeline: whose reply it is, to which thread.
+    participant_id: int | None = Field(
+        default=None, foreign_key="participants.id", index=True, ondelete="SET NULL"
+    )
+    thread_id: int | None = Field(
+        default=None, foreign_key="threads.id", index=True, ondelete="SET NULL"
+    )
+    defects: int = Field(default=0, sa_column_kwargs=_text_default("0"))
     status: str = Field(
         default=InboundStatus.RECEIVED.value,
         max_length=16,
@@ -435,3 +459,15 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     owner: str = Field(max_length=128)
     expires_at: datetime = Field()
+
+
+class ImapState(SQLModel, table=True):
+    """Where the IMAP receiver is in a mailbox: UIDVALIDITY and the last UID stored."""
+
+    __tablename__ = "imap_state"
+
+    # host/user/mailbox of the practice's inbound mailbox (not a person's address).
+    account: str = Field(primary_key=True, max_length=255)
+    uidvalidity: int = Field(sa_type=sa.BigInteger)
+    last_uid: int = Field(default=0, sa_type=sa.BigInteger)
+    updated_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
