@@ -126,6 +126,8 @@ def _install_sqlite_discipline(engine: AsyncEngine) -> None:
         # FULL, not WAL's usual NORMAL: an SMTP 250 promises the commit survives power loss.
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
+        # Deleted content is overwritten, so a purged message is not left in free pages.
+        cursor.execute("PRAGMA secure_delete = ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

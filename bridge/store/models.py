@@ -124,6 +124,8 @@ class Organization(SQLModel, table=True):
             name="convenience_acknowledged",
         ),
         sa.CheckConstraint("trash_retention_days >= 1", name="trash_retention_positive"),
+        # SQLite: never hand out an id again (audit events and read markers keep ids).
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -145,9 +147,14 @@ class Participant(SQLModel, table=True):
     __tablename__ = "participants"
     __table_args__ = (
         _check_in("kind", ParticipantKind),
+        # A contact always belongs to a client; nobody else has a client.
         sa.CheckConstraint(
-            "kind = 'contact' OR contact_of_id IS NULL", name="only_contacts_have_client"
+            "(kind = 'contact' AND contact_of_id IS NOT NULL)"
+            " OR (kind <> 'contact' AND contact_of_id IS NULL)",
+            name="contact_has_client",
         ),
+        # SQLite: never hand out an id again (audit events and read markers keep ids).
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -179,7 +186,18 @@ class EmailAddress(SQLModel, table=True):
     """An address of a participant. `normalized` is what matching uses."""
 
     __tablename__ = "email_addresses"
-    __table_args__ = (sa.UniqueConstraint("participant_id", "normalized"),)
+    __table_args__ = (
+        sa.UniqueConstraint("participant_id", "normalized"),
+        # At most one primary address per participant.
+        sa.Index(
+            "ux_email_addresses_primary",
+            "participant_id",
+            unique=True,
+            postgresql_where=sa.text("is_primary"),
+            sqlite_where=sa.text("is_primary"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     participant_id: int = Field(foreign_key="participants.id", index=True, ondelete="CASCADE")
@@ -206,7 +224,9 @@ class ClientClinician(SQLModel, table=True):
     __tablename__ = "client_clinicians"
 
     client_id: int = Field(foreign_key="participants.id", primary_key=True, ondelete="CASCADE")
-    clinician_id: int = Field(foreign_key="participants.id", primary_key=True, ondelete="CASCADE")
+    clinician_id: int = Field(
+        foreign_key="participants.id", primary_key=True, index=True, ondelete="CASCADE"
+    )
 
 
 # --- threads, mailboxes, messages ----------------------------------------------------
@@ -216,16 +236,17 @@ class MassMessage(SQLModel, table=True):
     """The origin of a mass message; each client gets a private thread of it."""
 
     __tablename__ = "mass_messages"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(foreign_key="organizations.id", index=True, ondelete="CASCADE")
-    author_id: int = Field(foreign_key="participants.id", ondelete="CASCADE")
+    author_id: int = Field(foreign_key="participants.id", index=True, ondelete="CASCADE")
     created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
 
 
 class Thread(SQLModel, table=True):
     __tablename__ = "threads"
-    __table_args__ = (_check_in("audience", Audience),)
+    __table_args__ = (_check_in("audience", Audience), {"sqlite_autoincrement": True})
 
     id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(foreign_key="organizations.id", index=True, ondelete="CASCADE")
@@ -249,7 +270,9 @@ class ThreadClinician(SQLModel, table=True):
     __tablename__ = "thread_clinicians"
 
     thread_id: int = Field(foreign_key="threads.id", primary_key=True, ondelete="CASCADE")
-    clinician_id: int = Field(foreign_key="participants.id", primary_key=True, ondelete="CASCADE")
+    clinician_id: int = Field(
+        foreign_key="participants.id", primary_key=True, index=True, ondelete="CASCADE"
+    )
 
 
 class Mailbox(SQLModel, table=True):
@@ -262,7 +285,9 @@ class Mailbox(SQLModel, table=True):
     __tablename__ = "mailboxes"
 
     thread_id: int = Field(foreign_key="threads.id", primary_key=True, ondelete="CASCADE")
-    participant_id: int = Field(foreign_key="participants.id", primary_key=True, ondelete="CASCADE")
+    participant_id: int = Field(
+        foreign_key="participants.id", primary_key=True, index=True, ondelete="CASCADE"
+    )
     last_read_message_id: int | None = Field(default=None)
     archived_at: datetime | None = Field(default=None)
     trashed_at: datetime | None = Field(default=None, index=True)
@@ -288,11 +313,15 @@ class Message(SQLModel, table=True):
             postgresql_where=sa.text("inbound_email_id IS NOT NULL"),
             sqlite_where=sa.text("inbound_email_id IS NOT NULL"),
         ),
+        # SQLite: never hand out an id again (audit events and read markers keep ids).
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)
     thread_id: int = Field(foreign_key="threads.id", index=True, ondelete="CASCADE")
-    author_id: int = Field(foreign_key="participants.id", index=True, ondelete="CASCADE")
+    # No cascade: deleting a person must not silently delete what they wrote in other
+    # people's threads. Deactivate people instead; threads go through the purge.
+    author_id: int = Field(foreign_key="participants.id", index=True)
     body_text: str = Field(sa_type=sa.Text)
     body_html: str | None = Field(default=None, sa_type=sa.Text)
     source: str = Field(
@@ -311,7 +340,10 @@ class Attachment(SQLModel, table=True):
     """Metadata; the bytes live in the blob folder at `sha256[:2]/sha256[2:4]/sha256`."""
 
     __tablename__ = "attachments"
-    __table_args__ = (sa.CheckConstraint("size >= 0", name="size_not_negative"),)
+    __table_args__ = (
+        sa.CheckConstraint("size >= 0", name="size_not_negative"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="messages.id", index=True, ondelete="CASCADE")
@@ -328,6 +360,7 @@ class ReplyToken(SQLModel, table=True):
     """A reply address secret: only its keyed hash is stored."""
 
     __tablename__ = "reply_tokens"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     token_hash: str = Field(max_length=64, unique=True)
@@ -350,6 +383,8 @@ class Outbox(SQLModel, table=True):
         sa.CheckConstraint(
             "recipient_id IS NOT NULL OR to_address IS NOT NULL", name="has_destination"
         ),
+        # SQLite: never hand out an id again (audit events and read markers keep ids).
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -402,6 +437,8 @@ class InboundEmail(SQLModel, table=True):
         _check_in("received_via", InboundVia),
         _check_in("status", InboundStatus),
         sa.Index("ix_inbound_emails_status", "status", "next_attempt_at"),
+        # SQLite: never hand out an id again (audit events and read markers keep ids).
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -415,8 +452,9 @@ class InboundEmail(SQLModel, table=True):
     participant_id: int | None = Field(
         default=None, foreign_key="participants.id", index=True, ondelete="SET NULL"
     )
+    # The raw mail goes with its thread when the thread is purged (nothing retrievable).
     thread_id: int | None = Field(
-        default=None, foreign_key="threads.id", index=True, ondelete="SET NULL"
+        default=None, foreign_key="threads.id", index=True, ondelete="CASCADE"
     )
     defects: int = Field(default=0, sa_column_kwargs=_text_default("0"))
     status: str = Field(
@@ -437,6 +475,7 @@ class AuditEvent(SQLModel, table=True):
     """Who did what to which ids, when. Ids, hashes and counts; never content."""
 
     __tablename__ = "audit_events"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, index=True, sa_column_kwargs=_NOW)
@@ -448,7 +487,9 @@ class AuditEvent(SQLModel, table=True):
     participant_id: int | None = Field(default=None)
     outbox_id: int | None = Field(default=None)
     inbound_email_id: int | None = Field(default=None)
-    detail: dict[str, int | str | bool | None] = Field(default_factory=dict, sa_type=sa.JSON)
+    detail: dict[str, int | str | bool | None] = Field(
+        default_factory=dict, sa_type=sa.JSON, sa_column_kwargs={"server_default": "{}"}
+    )
 
 
 class Lease(SQLModel, table=True):

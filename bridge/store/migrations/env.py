@@ -24,6 +24,13 @@ def run_migrations_online() -> None:
 
 
 def _run(connection: sa.Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        # WAL is a property of the file: set it here so a portal that opens the file
+        # before the daemon ever ran still gets concurrent readers and one writer.
+        connection.exec_driver_sql("PRAGMA journal_mode = WAL")
+        # The PRAGMA began a transaction; end it, or alembic would treat it as the
+        # caller's and never commit its own work.
+        connection.commit()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
