@@ -71,7 +71,11 @@ class Store:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.engine: AsyncEngine = create_async_engine(
-            self.url, echo=echo, pool_pre_ping=self.dialect == "postgresql"
+            self.url,
+            echo=echo,
+            pool_pre_ping=self.dialect == "postgresql",
+            # Bound parameters can be message content; keep them out of error texts and logs.
+            hide_parameters=True,
         )
         if self.dialect == "sqlite":
             _install_sqlite_discipline(self.engine)
