@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -100,6 +101,11 @@ def _path(value: object) -> Path:
 
 def _optional_path(value: object) -> Path | None:
     return None if value in ("", None) else _path(value)
+
+
+def _list_to_tuple(value: object) -> object:
+    # TOML arrays arrive as lists; settings are frozen, so they are kept as tuples.
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _log_level(value: object) -> str:
@@ -216,9 +222,34 @@ class InboundImapSettings(_Table):
         return self
 
 
+class InboundPipelineSettings(_Table):
+    poll_interval_seconds: _Seconds = 1.0
+    batch_size: Annotated[int, _between(1, 1000)] = 20
+    lease_seconds: _Seconds = 300.0
+    max_attempts: _AtLeastOne = 5
+    max_attachments: Annotated[int, Field(ge=0)] = 10
+    max_attachment_bytes: _AtLeastOne = 10_485_760
+    max_total_attachment_bytes: _AtLeastOne = 20_971_520
+    sender_limit_per_hour: _AtLeastOne = 30
+    thread_limit_per_hour: _AtLeastOne = 60
+    require_authentication: bool = False
+    trusted_authserv_ids: Annotated[tuple[str, ...], BeforeValidator(_list_to_tuple)] = ()
+
+    @model_validator(mode="after")
+    def _authserv_when_required(self) -> Self:
+        if self.require_authentication and not self.trusted_authserv_ids:
+            raise _invalid(
+                "trusted_authserv_ids",
+                list(self.trusted_authserv_ids),
+                "must name the MTA's authserv-id when require_authentication is true",
+            )
+        return self
+
+
 class InboundSettings(_Table):
     smtp: InboundSmtpSettings = Field(default_factory=InboundSmtpSettings)
     imap: InboundImapSettings = Field(default_factory=InboundImapSettings)
+    pipeline: InboundPipelineSettings = Field(default_factory=InboundPipelineSettings)
 
 
 class OutboundSmtpSettings(_Table):
@@ -230,6 +261,10 @@ class OutboundSmtpSettings(_Table):
     password: SecretStr | None = None
     concurrency: Annotated[int, _between(1, 64)] = 4
     timeout_seconds: _Seconds = 30.0
+    # CA bundle to trust instead of the system's (a relay with a private CA).
+    ca_file: _OptionalPath = None
+    # Name to announce in EHLO; "" = this host's fully qualified name.
+    helo_hostname: str = ""
 
 
 class OutboundSettings(_Table):
@@ -239,6 +274,11 @@ class OutboundSettings(_Table):
     coalesce_window_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 60.0
     hourly_cap: _AtLeastOne = 20
     retry_horizon_hours: _Seconds = 48.0
+    retry_base_seconds: _Seconds = 60.0
+    retry_max_seconds: _Seconds = 3600.0
+    poll_interval_seconds: _Seconds = 1.0
+    batch_size: Annotated[int, _between(1, 1000)] = 50
+    lease_seconds: _Seconds = 300.0
     smtp: OutboundSmtpSettings = Field(default_factory=OutboundSmtpSettings)
 
     @field_validator("from_address")
@@ -276,6 +316,34 @@ class TokenSettings(_Table):
         return template
 
 
+_DAILY_AT = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+class JobSchedule(_Table):
+    """When a job runs: every N seconds, or (every_seconds = 0) once a day at HH:MM UTC."""
+
+    every_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    daily_at: str = "03:30"
+
+    @field_validator("daily_at")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        if not _DAILY_AT.fullmatch(value):
+            raise ValueError('must be a time of day "HH:MM" (UTC)')
+        return value
+
+
+class RetentionSettings(_Table):
+    purge: JobSchedule = Field(default_factory=JobSchedule)
+    housekeeping: JobSchedule = Field(default_factory=lambda: JobSchedule(every_seconds=300.0))
+    batch_size: Annotated[int, _between(1, 100_000)] = 1000
+    lease_seconds: _Seconds = 600.0
+    raw_inbound_days: _AtLeastOne = 30
+    sent_outbox_days: _AtLeastOne = 90
+    prune_audit_events: bool = False
+    audit_events_days: _AtLeastOne = 2190
+
+
 class Settings(_Table):
     """Everything bridge reads from its config, validated. Secrets are `SecretStr`."""
 
@@ -285,6 +353,7 @@ class Settings(_Table):
     inbound: InboundSettings = Field(default_factory=InboundSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
 
 # -- loading ----------------------------------------------------------------------------

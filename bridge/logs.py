@@ -63,7 +63,8 @@ def configure(level: str = "INFO", fmt: str = "plain", stream: TextIO | None = N
     root.addHandler(handler)
     set_level(level)
     # Libraries that log message content or peer addresses at INFO are kept quieter.
-    for noisy in ("mail.log", "aiosmtpd", "aioimaplib", "mailparser"):
+    # aiosqlite logs every statement with its parameters (raw mail bytes) at DEBUG.
+    for noisy in ("mail.log", "aiosmtpd", "aioimaplib", "mailparser", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
