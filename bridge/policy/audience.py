@@ -26,9 +26,7 @@ _ROLES_BY_AUDIENCE: dict[Audience, frozenset[StaffRole]] = {
             StaffRole.CLINICAL_ADMIN,
         }
     ),
-    Audience.BILLING: frozenset(
-        {StaffRole.BILLER, StaffRole.SUPERVISOR, StaffRole.CLINICAL_ADMIN}
-    ),
+    Audience.BILLING: frozenset({StaffRole.BILLER, StaffRole.SUPERVISOR, StaffRole.CLINICAL_ADMIN}),
     Audience.CLINICAL: frozenset({StaffRole.SUPERVISOR, StaffRole.CLINICAL_ADMIN}),
 }
 
