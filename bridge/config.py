@@ -344,6 +344,12 @@ class RetentionSettings(_Table):
     audit_events_days: _AtLeastOne = 2190
 
 
+class HealthSettings(_Table):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: _Port = 9187
+
+
 class Settings(_Table):
     """Everything bridge reads from its config, validated. Secrets are `SecretStr`."""
 
@@ -354,6 +360,7 @@ class Settings(_Table):
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
 
 # -- loading ----------------------------------------------------------------------------
