@@ -15,20 +15,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from bridge import config, logs
 from bridge.errors import BridgeError
-from bridge.store.engine import Store
+from bridge.inbound.smtp import Listener, ListenerError, ListenerOptions, ReplyRules
+from bridge.store.engine import Store, sqlite_path
 from bridge.store.migrate import check as check_schema
 from bridge.systemd import Notifier
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Settings sections that SIGHUP applies in place; the rest need a restart.
 _RELOADABLE = frozenset({"log"})
@@ -76,6 +80,48 @@ async def open_store(settings: config.StoreSettings) -> AsyncIterator[Store]:
         yield store
 
 
+# Where the embedded default keeps the token key it generates (beside the SQLite store).
+GENERATED_SECRET_NAME = "token.secret"  # noqa: S105 (a file name, not a secret)
+
+
+def token_secret(settings: config.Settings, store: Store) -> bytes:
+    """The key reply tokens are hashed with.
+
+    A configured secret wins. Without one, a single SQLite instance generates a
+    key once and keeps it beside its database file (mode 0600), so the embedded default
+    works out of the box. Several instances on PostgreSQL must share one key,
+    so there a missing secret is a start-up error rather than a silent split.
+    """
+    if settings.tokens.secret is not None:
+        return settings.tokens.secret.get_secret_value().encode()
+    database = sqlite_path(store.url)
+    if database is None:
+        raise StartupError(
+            "tokens.secret is not set: instances sharing a PostgreSQL store need the same key"
+            " (tokens.secret_file, $BRIDGE_TOKEN_SECRET or the token-secret credential)"
+        )
+    generated = database.parent / GENERATED_SECRET_NAME
+    if not generated.exists():
+        generated.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+        log.warning(
+            "generated a token key for this single instance", extra={"file": str(generated)}
+        )
+    return generated.read_text().strip().encode()
+
+
+async def enter(stack: AsyncExitStack, component: AbstractAsyncContextManager[T], what: str) -> T:
+    """Start one component on the stack; a failure to start is one clear line."""
+    try:
+        return await stack.enter_async_context(component)
+    except OSError as err:  # port taken, socket path not writable, TLS file unreadable
+        raise StartupError(f"cannot start {what}: {err.strerror or err}") from err
+    except ListenerError as err:
+        raise StartupError(f"cannot start {what}: {err}") from err
+
+
 class Daemon:
     """One running bridge process."""
 
@@ -108,6 +154,27 @@ class Daemon:
             async with AsyncExitStack() as stack:
                 store = await stack.enter_async_context(open_store(self.settings.store))
                 self.store = store
+                secret = token_secret(self.settings, store)
+                smtp = self.settings.inbound.smtp
+                if smtp.enabled:
+                    rules = ReplyRules(
+                        token_secret=secret,
+                        address_format=self.settings.tokens.address_format,
+                        noreply_address=self.settings.outbound.from_address,
+                    )
+                    where = (
+                        str(smtp.unix_socket) if smtp.unix_socket else f"{smtp.host}:{smtp.port}"
+                    )
+                    self.listener = await enter(
+                        stack,
+                        Listener(
+                            store,
+                            ListenerOptions.from_settings(smtp),
+                            rules,
+                            stop_grace=self.settings.daemon.shutdown_grace_seconds,
+                        ),
+                        f"the inbound {smtp.protocol.upper()} listener on {where}",
+                    )
                 watchdog = asyncio.create_task(self._feed_watchdog(), name="watchdog")
                 stack.callback(watchdog.cancel)
                 log.info(

@@ -21,8 +21,19 @@ def bridge_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "bridge.cli", *args]
 
 
-def write_config(path: Path, db: Path, level: str = "INFO") -> None:
-    path.write_text(f'[log]\nlevel = "{level}"\n\n[store]\nurl = "sqlite:///{db}"\n')
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_config(path: Path, db: Path, level: str = "INFO", port: int | None = None) -> None:
+    port = port or free_port()
+    path.write_text(
+        f'[log]\nlevel = "{level}"\n\n[store]\nurl = "sqlite:///{db}"\n\n'
+        f"[inbound.smtp]\nport = {port}\n"
+    )
 
 
 class NotifySocket:
@@ -144,6 +155,20 @@ def test_run_on_an_unmigrated_store_fails_with_one_line(tmp_path: Path) -> None:
     assert "bridge db upgrade" in lines[0]
 
 
+def test_a_taken_port_is_one_line_and_a_failed_start(migrated: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        write_config(migrated, tmp_path / "store.sqlite3", port=taken.getsockname()[1])
+        done = subprocess.run(
+            bridge_cmd("-c", str(migrated), "run"), capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("bridge:")]
+    assert len(lines) == 1, done.stderr
+    assert "cannot start the inbound SMTP listener" in lines[0]
+
+
 def test_watchdog_names_loops_that_stopped_beating() -> None:
     now = [100.0]
     liveness = Liveness(clock=lambda: now[0])
@@ -154,3 +179,42 @@ def test_watchdog_names_loops_that_stopped_beating() -> None:
     assert liveness.stale(max_age=3.0) == ["inbound"]
     liveness.beat("inbound")
     assert liveness.stale(max_age=3.0) == []
+
+
+def test_a_single_sqlite_instance_keeps_the_token_key_it_generates(
+    migrated: Path, notify: NotifySocket, tmp_path: Path
+) -> None:
+    key = tmp_path / "token.secret"
+    for _ in range(2):
+        proc = start(migrated, notify)
+        try:
+            notify.wait_for("READY=1")
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0
+        if _ == 0:
+            first = key.read_bytes()
+            assert len(first) >= 32
+            assert key.stat().st_mode & 0o777 == 0o600
+    assert key.read_bytes() == first, "a restart must not change the key (tokens would break)"
+
+
+def test_instances_on_postgresql_refuse_to_start_without_a_shared_token_key(
+    postgres_run_url: str | None, tmp_path: Path
+) -> None:
+    if postgres_run_url is None:
+        pytest.skip("needs BRIDGE_TEST_DATABASE_URL")
+    from conftest import reset_postgres
+
+    reset_postgres(postgres_run_url)
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f'[store]\nurl = "{postgres_run_url}"\n\n[inbound.smtp]\nport = {free_port()}\n')
+    env = {k: v for k, v in os.environ.items() if k != "BRIDGE_TOKEN_SECRET"}
+    assert subprocess.run(bridge_cmd("-c", str(cfg), "db", "upgrade"), env=env).returncode == 0
+    done = subprocess.run(
+        bridge_cmd("-c", str(cfg), "run"), capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 1
+    assert "tokens.secret is not set" in done.stderr
