@@ -21,18 +21,28 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from bridge import config, logs
 from bridge.errors import BridgeError
-from bridge.inbound.smtp import Listener, ListenerError, ListenerOptions, ReplyRules
+from bridge.health import HealthServer
+from bridge.inbound.smtp import Listener, ListenerOptions, ReplyRules
+from bridge.metrics import Metrics, refresh_gauges
+from bridge.poll import PollLoop
 from bridge.store.engine import Store, sqlite_path
 from bridge.store.migrate import check as check_schema
 from bridge.systemd import Notifier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# A loop that has not beaten for this long is stuck (a step may legitimately take a while:
+# a batch of sends to a slow relay); the watchdog is then withheld and systemd restarts us.
+LOOP_STALL_SECONDS = 300.0
+# How often STATUS= (queue depths) is refreshed for `systemctl status`.
+STATUS_INTERVAL_SECONDS = 10.0
 
 # Settings sections that SIGHUP applies in place; the rest need a restart.
 _RELOADABLE = frozenset({"log"})
@@ -51,6 +61,10 @@ class Liveness:
 
     def beat(self, name: str) -> None:
         self._beats[name] = self._clock()
+
+    def ages(self) -> dict[str, float]:
+        now = self._clock()
+        return {name: now - at for name, at in self._beats.items()}
 
     def stale(self, max_age: float) -> list[str]:
         now = self._clock()
@@ -118,7 +132,9 @@ async def enter(stack: AsyncExitStack, component: AbstractAsyncContextManager[T]
         return await stack.enter_async_context(component)
     except OSError as err:  # port taken, socket path not writable, TLS file unreadable
         raise StartupError(f"cannot start {what}: {err.strerror or err}") from err
-    except ListenerError as err:
+    except StartupError:
+        raise
+    except BridgeError as err:  # the component's own one-line reason (e.g. a bad option)
         raise StartupError(f"cannot start {what}: {err}") from err
 
 
@@ -139,6 +155,7 @@ class Daemon:
         self.notifier = notifier or Notifier(self.env)
         self.liveness = Liveness()
         self.instance = instance_id(settings)
+        self.metrics = Metrics()
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -175,6 +192,27 @@ class Daemon:
                         ),
                         f"the inbound {smtp.protocol.upper()} listener on {where}",
                     )
+                health = self.settings.health
+                if health.enabled:
+                    await enter(
+                        stack,
+                        HealthServer(
+                            health,
+                            store,
+                            self.metrics,
+                            lambda: self.liveness.stale(max_age=LOOP_STALL_SECONDS),
+                            loop_ages=self.liveness.ages,
+                        ),
+                        f"the health endpoint on {health.host}:{health.port}",
+                    )
+                await stack.enter_async_context(
+                    PollLoop(
+                        "status",
+                        self._report_status,
+                        poll_interval=STATUS_INTERVAL_SECONDS,
+                        beat=self.liveness.beat,
+                    )
+                )
                 watchdog = asyncio.create_task(self._feed_watchdog(), name="watchdog")
                 stack.callback(watchdog.cancel)
                 log.info(
@@ -219,12 +257,22 @@ class Daemon:
         )
         self.notifier.send(ready=1, status="running")
 
+    async def _report_status(self) -> bool:
+        """Refresh the queue gauges and show them in `systemctl status` (STATUS=)."""
+        try:
+            snapshot = await refresh_gauges(self.store, self.metrics, datetime.now(UTC))
+        except Exception as err:
+            self.notifier.send(status=f"running; store unreachable ({type(err).__name__})")
+            raise
+        self.notifier.send(status=f"running; {snapshot.status_line()}")
+        return False
+
     async def _feed_watchdog(self) -> None:
         interval = self.notifier.watchdog_interval
         if interval is None:
             return
         while True:
-            stale = self.liveness.stale(max_age=interval)
+            stale = self.liveness.stale(max_age=LOOP_STALL_SECONDS)
             if stale:
                 log.error("loops stalled, withholding watchdog", extra={"loops": ",".join(stale)})
             else:

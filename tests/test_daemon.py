@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -106,6 +107,23 @@ def test_run_reports_ready_feeds_watchdog_and_exits_zero_on_sigterm(
         proc.kill()
     assert proc.returncode == 0, stderr
     assert "bridge stopped" in stderr
+
+
+def test_status_line_shows_queue_depths(migrated: Path, notify: NotifySocket) -> None:
+    proc = start(migrated, notify)
+    try:
+        notify.wait_for("READY=1")
+        deadline = time.monotonic() + 20
+        while not any("outbox pending=" in m for m in notify.received):
+            assert time.monotonic() < deadline, notify.received
+            notify.sock.settimeout(1)
+            with contextlib.suppress(TimeoutError):
+                notify.received.append(notify.sock.recv(4096).decode())
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
 
 
 def test_sighup_applies_a_new_log_level_without_restart(
@@ -218,3 +236,28 @@ def test_instances_on_postgresql_refuse_to_start_without_a_shared_token_key(
     )
     assert done.returncode == 1
     assert "tokens.secret is not set" in done.stderr
+
+
+def test_health_endpoint_answers_when_enabled(
+    migrated: Path, notify: NotifySocket, tmp_path: Path
+) -> None:
+    import json
+    import urllib.request
+
+    port = free_port()
+    write_config(migrated, tmp_path / "store.sqlite3")
+    with migrated.open("a") as cfg:
+        cfg.write(f"\n[health]\nenabled = true\nport = {port}\n")
+    proc = start(migrated, notify)
+    try:
+        notify.wait_for("READY=1")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            status, body = answer.status, json.loads(answer.read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert status == 200, body
+    assert "bridge_outbox_depth" in metrics
