@@ -25,7 +25,8 @@ returned and flagged (`Extracted.fallback`).
 It deliberately does not parse MIME, pick a body part, decode charsets, sanitise
 HTML, or log anything: strings in, a value out. The line vocabulary (which
 lines are attributions, headers, separators, footers) lives in
-`bridge.mail._quote_patterns`, the HTML rendering in `bridge.mail._html_text`.
+`bridge.mail._quote_patterns`, the HTML rendering (shared with display text) in
+`bridge.mail.sanitize.render_text`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from bridge.mail._html_text import html_to_text
 from bridge.mail._quote_patterns import (
     MAX_ATTRIBUTION_CHARS,
     Attribution,
@@ -53,6 +53,7 @@ from bridge.mail._quote_patterns import (
     separator_kind,
     split_inline_attribution,
 )
+from bridge.mail.sanitize import render_text
 
 __all__ = ["REPLY_MARKER", "Extracted", "extract_reply", "extract_reply_html"]
 
@@ -94,7 +95,7 @@ def extract_reply_html(html: str, *, marker: str = REPLY_MARKER) -> Extracted:
     `<blockquote>`, never something the writer typed. Answers written between
     quote blocks stay.
     """
-    rendered = html_to_text(html)
+    rendered = render_text(html)
     kept = _extract(_normalise(rendered.reply), marker, keep_answered_quotes=False)
     return _verdict(kept, _normalise(rendered.full))
 

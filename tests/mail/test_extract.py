@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.mail.extract import REPLY_MARKER, Extracted, extract_reply, extract_reply_html
+from bridge.mail.sanitize import MAX_TAGS
 
 
 def reply(text: str, **kwargs: str) -> str:
@@ -445,6 +446,41 @@ def test_html_indentation_blockquote_is_not_a_quote() -> None:
 def test_html_marker_cut() -> None:
     html = f"<p>Yes.</p><p style='color:#999'>{REPLY_MARKER}</p><p>Secure message text</p>"
     assert extract_reply_html(html).text == "Yes."
+
+
+def test_html_links_keep_their_target() -> None:
+    html = '<div>See <a href="https://ex.org/form">the form</a>.</div>'
+    assert extract_reply_html(html).text == "See the form (https://ex.org/form)."
+
+
+def test_html_forward_inside_a_quoted_message_stays_history() -> None:
+    html = (
+        "<div>Thanks</div><div class='gmail_quote'>On Mon, Jun 3, 2024 at 9:41 AM Desk "
+        "&lt;d@example.org&gt; wrote:<br><div class='gmail_quote'>"
+        "---------- Forwarded message ---------<br>From: School<br><br>Body</div></div>"
+    )
+    assert extract_reply_html(html).text == "Thanks"
+
+
+def test_html_forward_keeps_the_quote_it_carries() -> None:
+    html = (
+        "<div>FYI</div><div class='gmail_quote'>---------- Forwarded message ---------<br>"
+        "From: School &lt;s@school.example&gt;<br>Date: Mon, 3 Jun 2024<br><br>Please sign."
+        "<div class='gmail_quote'>Earlier:<blockquote>Old</blockquote></div></div>"
+    )
+    assert extract_reply_html(html).text.endswith("Please sign.\nEarlier:\n\n> Old")
+
+
+def test_html_with_more_tags_than_the_limit_is_read_as_words() -> None:
+    html = "<div>" * (MAX_TAGS + 1) + "Yes, <b>Tuesday</b>."
+    assert extract_reply_html(html).text.replace(" ", "") == "Yes,Tuesday."
+
+
+def test_html_deeply_nested_forward_containers_keep_every_line() -> None:
+    unit = "<div class='gmail_quote'>---------- Forwarded message ---------<br>x"
+    result = extract_reply_html("<div>Hi</div>" + unit * 3_000)
+    assert result.text.startswith("Hi\n---------- Forwarded message ---------\nx")
+    assert result.text.count("x") == 3_000
 
 
 # -- properties ----------------------------------------------------------------------------

@@ -389,9 +389,9 @@ def test_divs_and_breaks_start_new_lines() -> None:
     )
 
 
-def test_list_items_become_dashes_and_nested_lists_are_indented() -> None:
+def test_list_items_get_dashes_or_numbers_and_nested_lists_are_indented() -> None:
     html = "<p>Agenda:</p><ul><li>intake</li><li>billing<ol><li>copay</li></ol></li></ul>"
-    assert html_to_text(html) == "Agenda:\n\n- intake\n- billing\n  - copay"
+    assert html_to_text(html) == "Agenda:\n\n- intake\n- billing\n  1. copay"
 
 
 def test_list_items_without_end_tags() -> None:
@@ -491,3 +491,45 @@ def test_non_latin_scripts_survive(text: str) -> None:
 def test_empty_and_whitespace_only_input_gives_empty_text() -> None:
     assert html_to_text("") == ""
     assert html_to_text("<p>&nbsp;</p><div> </div><br>") == ""
+
+
+def test_outlook_msonormal_paragraphs_are_lines_not_paragraphs() -> None:
+    html = "<p class=MsoNormal>Hi Anna,</p><p class=MsoNormal>see you Tuesday.</p><p>Best</p>"
+    assert html_to_text(html) == "Hi Anna,\nsee you Tuesday.\n\nBest"
+
+
+def test_borderless_blockquote_indents_instead_of_quoting() -> None:
+    html = "<div>Plan:</div><blockquote style='margin:0 0 0 40px;border:none'>walk</blockquote>"
+    assert html_to_text(html) == "Plan:\n\n    walk"
+
+
+def test_ordered_lists_are_numbered_and_item_lines_hang_under_the_bullet() -> None:
+    html = "<ul><li>first<br>second</li><li>next</li></ul><ol><li>a<br>b</li><li>c</li></ol>"
+    assert html_to_text(html) == "- first\n  second\n- next\n\n1. a\n   b\n2. c"
+
+
+def test_no_break_spaces_are_kept_and_only_ascii_white_space_collapses() -> None:
+    assert html_to_text("<p>a&nbsp;&nbsp;b\u3000c \t\n d</p>") == "a  b\u3000c d"
+
+
+def test_blank_line_between_two_quotes_belongs_to_neither() -> None:
+    assert html_to_text("<blockquote>a</blockquote><blockquote>b</blockquote>") == "> a\n\n> b"
+
+
+def test_quote_prefix_is_capped_for_deep_nesting() -> None:
+    assert html_to_text("<blockquote>" * 50 + "deep") == "> " * 8 + "deep"
+
+
+def test_history_containers_are_part_of_the_display_text() -> None:
+    html = "<div>Thanks</div><div class='gmail_quote'>Desk wrote:<blockquote>old</blockquote></div>"
+    assert html_to_text(html) == "Thanks\nDesk wrote:\n\n> old"
+
+
+def test_a_lone_angle_bracket_is_text_and_a_tag_cut_off_at_the_end_is_dropped() -> None:
+    html = "<p>x < y and a<b or c</p><p>cut off <a href='https://ex"
+    assert html_to_text(html) == "x < y and a<b or c\n\ncut off"
+
+
+def test_comments_conditional_comments_and_an_unterminated_comment_are_dropped() -> None:
+    html = "<p>a</p><!--[if mso]><p>hidden</p><![endif]--><p>b</p><!-- open <p>c</p>"
+    assert html_to_text(html) == "a\n\nb"
