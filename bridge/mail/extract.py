@@ -110,7 +110,9 @@ def _verdict(kept: list[str], full: list[str]) -> Extracted:
 
 def _normalise(text: str) -> list[str]:
     """Lines with `\\n` endings and no trailing whitespace, without blank lines at either end."""
-    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    # splitlines(), not split("\n"): vertical tab, form feed, NEL and the Unicode line and
+    # paragraph separators end lines too, so no rule can match across one of them.
+    lines = [line.rstrip() for line in text.splitlines()]
     return _strip_blank(lines)
 
 
