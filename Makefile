@@ -19,6 +19,11 @@ run: $(STAMP)
 	$(BRIDGE) db upgrade
 	exec $(BRIDGE) run
 
+# The whole loop once, in var/demo: secure and convenience notifications, a reply by email.
+demo: $(STAMP)
+	rm -rf var/demo
+	$(BIN)/bridge demo --dir var/demo
+
 test: check
 
 check: lint typecheck pytest

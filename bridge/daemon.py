@@ -28,8 +28,13 @@ from typing import TypeVar
 from bridge import config, logs
 from bridge.errors import BridgeError
 from bridge.health import HealthServer
-from bridge.inbound.smtp import Listener, ListenerOptions, ReplyRules
+from bridge.inbound.pipeline import Pipeline
+from bridge.inbound.receipt import ReplyRules
+from bridge.inbound.smtp import Listener, ListenerOptions
 from bridge.metrics import Metrics, refresh_gauges
+from bridge.outbound.dispatcher import Dispatcher
+from bridge.outbound.render import RenderContext
+from bridge.outbound.sender import Sender
 from bridge.poll import PollLoop
 from bridge.store.engine import Store, sqlite_path
 from bridge.store.migrate import check as check_schema
@@ -157,6 +162,8 @@ class Daemon:
         self.instance = instance_id(settings)
         self.metrics = Metrics()
         self._stop = asyncio.Event()
+        # Set once every component runs (the moment READY=1 goes to systemd).
+        self.started = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -172,6 +179,18 @@ class Daemon:
                 store = await stack.enter_async_context(open_store(self.settings.store))
                 self.store = store
                 secret = token_secret(self.settings, store)
+                await self._start_outbound(stack, store, secret)
+                self.pipeline = await enter(
+                    stack,
+                    Pipeline.from_settings(
+                        store,
+                        self.settings,
+                        instance=self.instance,
+                        token_secret=secret,
+                        beat=self.liveness.beat,
+                    ),
+                    "the inbound pipeline",
+                )
                 smtp = self.settings.inbound.smtp
                 if smtp.enabled:
                     rules = ReplyRules(
@@ -219,6 +238,7 @@ class Daemon:
                     "bridge started", extra={"instance": self.instance, "store": store.dialect}
                 )
                 self.notifier.ready("running")
+                self.started.set()
                 await self._stop.wait()
                 log.info("stopping", extra={"instance": self.instance})
                 self.notifier.stopping("draining")
@@ -227,6 +247,26 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         log.info("bridge stopped", extra={"instance": self.instance})
         return 0
+
+    async def _start_outbound(self, stack: AsyncExitStack, store: Store, secret: bytes) -> None:
+        """The dispatcher (messages -> outbox) and the sender (outbox -> relay or files)."""
+        outbound = self.settings.outbound
+        self.dispatcher = await enter(
+            stack,
+            Dispatcher.from_settings(store, outbound, beat=self.liveness.beat),
+            "the dispatcher",
+        )
+        try:
+            sender = Sender.from_settings(
+                store,
+                outbound,
+                RenderContext.from_settings(outbound, self.settings.tokens, token_secret=secret),
+                instance=self.instance,
+                beat=self.liveness.beat,
+            )
+        except BridgeError as err:  # e.g. an unreadable CA file for the relay
+            raise StartupError(f"cannot start the sender: {err}") from err
+        self.sender = await enter(stack, sender, "the sender")
 
     def reload(self) -> None:
         """SIGHUP: re-read the config, apply what can change in place, name the rest."""

@@ -52,8 +52,7 @@ class PollLoop:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self.run(self._stopping), name=self.name)
+        self.start()
         return self
 
     async def __aexit__(
@@ -63,6 +62,13 @@ class PollLoop:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    def start(self) -> None:
+        """Run the loop in a background task until `stop()`."""
+        if self._task is not None:
+            raise RuntimeError(f"{self.name} loop is already running")
+        self._stopping.clear()
+        self._task = asyncio.create_task(self.run(self._stopping), name=self.name)
 
     async def stop(self) -> None:
         """Ask the loop to stop and wait for the step in flight to finish."""
@@ -76,6 +82,7 @@ class PollLoop:
         self._woken.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Step and pause until `stop` is set; the step in flight is finished first."""
         while not stop.is_set():
             # Cleared before the step, so a wake-up during it is not lost.
             self._woken.clear()

@@ -224,9 +224,6 @@ def test_instances_on_postgresql_refuse_to_start_without_a_shared_token_key(
 ) -> None:
     if postgres_run_url is None:
         pytest.skip("needs BRIDGE_TEST_DATABASE_URL")
-    from conftest import reset_postgres
-
-    reset_postgres(postgres_run_url)
     cfg = tmp_path / "bridge.toml"
     cfg.write_text(f'[store]\nurl = "{postgres_run_url}"\n\n[inbound.smtp]\nport = {free_port()}\n')
     env = {k: v for k, v in os.environ.items() if k != "BRIDGE_TOKEN_SECRET"}

@@ -23,7 +23,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -46,6 +46,7 @@ from bridge.store.models import (
     InboundEmail,
     InboundVia,
     Mailbox,
+    NotificationMode,
     Organization,
     Participant,
     ParticipantKind,
@@ -55,6 +56,16 @@ from bridge.store.models import (
     Thread,
     ThreadClinician,
 )
+
+
+@dataclass(frozen=True)
+class ReplyRules:
+    """What `check_recipient` needs to judge a recipient (from `tokens.*`, `outbound.*`)."""
+
+    token_secret: bytes = field(repr=False)
+    address_format: str
+    noreply_address: str
+
 
 # Column widths of `inbound_emails` (see models.py); longer values are refused, never cut.
 MAX_ADDRESS_LENGTH = 320
@@ -155,7 +166,7 @@ async def check_recipient(
         revoked_at=None if row.revoked_at is None else _aware(row.revoked_at),
     )
     verdict = check_token(state, now=now, participant_has_access=True)
-    if verdict is TokenVerdict.VALID and not await _has_access(
+    if verdict is TokenVerdict.VALID and not await may_reply_by_email(
         session, row.participant_id, row.thread_id, Audience(audience)
     ):
         verdict = check_token(state, now=now, participant_has_access=False)
@@ -262,10 +273,25 @@ def storable_address(address: str) -> bool:
     return _CONTROL.search(address) is None
 
 
-async def _has_access(
+async def may_reply_by_email(
     session: AsyncSession, participant_id: int, thread_id: int, audience: Audience
 ) -> bool:
-    """Whether the participant may still write into the thread (see `check_recipient`)."""
+    """Whether the participant may still write into the thread by email.
+
+    The practice must still allow replies by email (convenience mode): switching
+    back to secure mode ends every reply address at once, also when a portal
+    flips the mode with plain SQL and revokes nothing. Then the person must be
+    active, hold a mailbox row on the thread and, for staff, see it by audience.
+    """
+    mode = (
+        await session.exec(
+            select(Organization.notification_mode)
+            .join(Thread, col(Thread.organization_id) == col(Organization.id))
+            .where(col(Thread.id) == thread_id)
+        )
+    ).first()
+    if mode != NotificationMode.CONVENIENCE.value:
+        return False
     person = await session.get(Participant, participant_id)
     if person is None or not person.active:
         return False

@@ -34,7 +34,7 @@ import socket
 import ssl
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +47,13 @@ from aiosmtpd.smtp import Session as SmtpSession
 
 from bridge.config import InboundSmtpSettings
 from bridge.errors import BridgeError
-from bridge.inbound.receipt import TEMPORARY, check_recipient, storable_address, store_raw
+from bridge.inbound.receipt import (
+    TEMPORARY,
+    ReplyRules,
+    check_recipient,
+    storable_address,
+    store_raw,
+)
 from bridge.store.engine import Store
 from bridge.store.models import InboundVia
 
@@ -81,15 +87,6 @@ def _utcnow() -> datetime:
 
 class ListenerError(BridgeError):
     """The listener cannot run with these options (a configuration problem)."""
-
-
-@dataclass(frozen=True)
-class ReplyRules:
-    """What `check_recipient` needs to judge a recipient (from `tokens.*`, `outbound.*`)."""
-
-    token_secret: bytes = field(repr=False)
-    address_format: str
-    noreply_address: str
 
 
 @dataclass(frozen=True)

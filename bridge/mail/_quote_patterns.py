@@ -134,6 +134,10 @@ def attribution_strength(text: str) -> Attribution:
         return Attribution.WEAK
     if _DATE.search(without_email) and _TIME.search(without_email):
         return Attribution.WEAK
+    if _INTRO.match(s) and _VERB_AT_END.search(_tail(s)):
+        # "On Monday, Dr. Rivers wrote:" carries no date a client would print, so it is
+        # only weak: it goes with a quote block right below it, never on its own.
+        return Attribution.WEAK
     return Attribution.NONE
 
 

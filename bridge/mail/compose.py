@@ -1,14 +1,16 @@
 """Notification emails: frozen values in, a ready-to-send `EmailMessage` out.
 
-Owns the shape of every email bridge sends about a message (docs/outbound.md):
-the headers of both modes, the fixed wording of the secure-mode notification and
-invitation, and the layout of a convenience-mode email (reply marker, carried
-messages, attachment links). Also the two identifiers the outbound side needs:
-a notification's `Message-ID` and the stable per (recipient, thread) root that
-`In-Reply-To` and `References` point at.
+Owns the shape of every email bridge sends (docs/outbound.md): the headers of
+both modes, the fixed wording of the secure-mode notification and invitation,
+the layout of a convenience-mode email (reply marker, carried messages,
+attachment links), and the fixed wording of notices, the automatic answers to
+an email the inbound side could not accept (one per reason code). Also the two
+identifiers the outbound side needs: a notification's `Message-ID` and the
+stable per (recipient, thread) root that `In-Reply-To` and `References` point at.
 
-Secure mode is safe by construction: `SecureNotice` has no field that could hold
-a subject, body, name or attachment name, so `compose_secure` cannot leak one.
+Secure mode and notices are safe by construction: `SecureNotice` and
+`RefusalNotice` have no field that could hold a subject, body, name or
+attachment name, so `compose_secure` and `compose_notice` cannot leak one.
 
 Pure: no store, no I/O, no logging. It does not decide which messages an email
 carries, which mode applies or who receives it (`bridge.outbound.render` and
@@ -30,7 +32,9 @@ import hmac
 import html
 import re
 import secrets
+import textwrap
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.header import Header
@@ -38,6 +42,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8, Policy
 from email.utils import format_datetime
+from enum import StrEnum
 from typing import Final
 
 from bridge.errors import BridgeError
@@ -50,6 +55,11 @@ from bridge.mail.sanitize import html_to_text, is_safe_url, sanitize_html
 # whichever is shorter, instead of raw 8-bit that an old relay may mangle.
 _POLICY: Final = SMTP.clone(cte_type="7bit")
 _POLICY_UTF8: Final = SMTPUTF8.clone(cte_type="7bit")
+
+# RFC 3834: a notice answers an email; everything else is generated on our own.
+AUTO_REPLIED: Final = "auto-replied"
+# Asks Exchange/Outlook not to answer our email with out-of-office or similar replies.
+AUTO_RESPONSE_SUPPRESS: Final = "X-Auto-Response-Suppress"
 
 SECURE_SUBJECT: Final = "You have a new secure message"
 INVITATION_SUBJECT: Final = "You are invited to read a secure message"
@@ -114,6 +124,79 @@ To read it, first create your portal account; it only takes a minute:</p>
 <p>Once your account is ready, you can read the message and reply to it
 securely in the portal. If you were not expecting this email, you can
 safely ignore it.</p>
+</body>
+</html>
+"""
+
+NOTICE_SUBJECT: Final = "Your email could not be accepted"
+
+
+class NoticeReason(StrEnum):
+    """Why an email was held (`outbox.reason` of a notice): each one a person can act on."""
+
+    SENDER_MISMATCH = "sender_mismatch"
+    EMPTY_REPLY = "empty_reply"
+    ATTACHMENT_LIMIT = "attachment_limit"
+    UNKNOWN_RECIPIENT = "unknown_recipient"
+    AUTH_FAILED = "auth_failed"
+
+
+# What went wrong and what to do, per reason; the rest of a notice is the same for all.
+NOTICE_REASONS: Final[Mapping[NoticeReason, str]] = {
+    NoticeReason.SENDER_MISMATCH: (
+        "We could not accept your reply because it came from an email address we do not "
+        "have on file for you. Please reply from the address we write to, or answer in "
+        "the portal."
+    ),
+    NoticeReason.EMPTY_REPLY: (
+        "We could not accept your reply because we found nothing you had written in it. "
+        f'When you reply by email, please write your answer above the line "{REPLY_MARKER}", '
+        "or answer in the portal."
+    ),
+    NoticeReason.ATTACHMENT_LIMIT: (
+        "We could not accept your reply because its attachments are too many or too large "
+        "to be received by email. Please send your reply again with fewer or smaller "
+        "attachments, or add the files in the portal."
+    ),
+    NoticeReason.UNKNOWN_RECIPIENT: (
+        "We could not accept your email because the address you wrote to only takes "
+        "replies to the emails we send, and we could not tell which conversation yours "
+        "belongs to. Please reply to one of our emails, or write in the portal."
+    ),
+    NoticeReason.AUTH_FAILED: (
+        "We could not accept your reply because we could not confirm that it was really "
+        "sent by you: your email provider did not vouch for it. Please reply again from "
+        "the address we write to, or answer in the portal."
+    ),
+}
+
+NOTICE_TEXT: Final = """\
+Hello,
+
+{what}
+
+Your email was not added to any conversation. You can read your messages,
+and answer them, in the portal:
+
+{link}
+
+This email was sent automatically in answer to an email we received.
+Please do not reply to it.
+"""
+
+_NOTICE_HTML: Final = """\
+<!DOCTYPE html>
+<html lang="en">
+<body>
+<p>Hello,</p>
+<p>{what}</p>
+<p>Your email was not added to any conversation. You can read your messages,
+and answer them, in the portal:</p>
+<p><a href="{link}">Open the portal</a></p>
+<p>If the link does not open, copy this address into your browser:<br>
+{link}</p>
+<p>This email was sent automatically in answer to an email we received.
+Please do not reply to it.</p>
 </body>
 </html>
 """
@@ -187,6 +270,23 @@ class ConvenienceNotice:
     sent_at: datetime
 
 
+@dataclass(frozen=True)
+class RefusalNotice:
+    """A notice: the fixed wording for `reason` and a link, nothing else.
+
+    `thread_root_id`, when given, threads the notice with the emails the person
+    already has about the conversation; there is none for an unknown sender.
+    """
+
+    to_address: str
+    reason: NoticeReason
+    portal_link: str
+    message_id: str
+    thread_root_id: str | None
+    outbox_id: int
+    sent_at: datetime
+
+
 def new_message_id(outbox_id: int, domain: str) -> str:
     """A fresh `Message-ID` for the email of outbox row `outbox_id`."""
     return f"<n.{outbox_id}.{secrets.token_hex(8)}@{_id_domain(domain)}>"
@@ -218,6 +318,29 @@ def compose_secure(n: SecureNotice, *, from_address: str) -> EmailMessage:
     )
     text = (INVITATION_TEXT if n.invitation else SECURE_TEXT).format(link=link)
     page = (_INVITATION_HTML if n.invitation else _SECURE_HTML).format(link=html.escape(link))
+    _set_bodies(msg, text, page)
+    return msg
+
+
+def compose_notice(n: RefusalNotice, *, from_address: str) -> EmailMessage:
+    """A notice: why an email was not accepted and what to do, and the portal link."""
+    link = _checked_link(n.portal_link)
+    what = NOTICE_REASONS[NoticeReason(n.reason)]
+    msg = _envelope_headers(
+        to_address=n.to_address,
+        from_address=from_address,
+        from_name=None,
+        subject=NOTICE_SUBJECT,
+        message_id=n.message_id,
+        root_id=n.thread_root_id,
+        outbox_id=n.outbox_id,
+        sent_at=n.sent_at,
+        auto_submitted=AUTO_REPLIED,
+    )
+    # Wrapped at spaces only: the reply marker ("-- Reply above ...") must stay whole.
+    wrapped = textwrap.fill(what, width=72, break_on_hyphens=False, break_long_words=False)
+    text = NOTICE_TEXT.format(what=wrapped, link=link)
+    page = _NOTICE_HTML.format(what=html.escape(what), link=html.escape(link))
     _set_bodies(msg, text, page)
     return msg
 
@@ -254,9 +377,10 @@ def _envelope_headers(
     from_name: str | None,
     subject: str,
     message_id: str,
-    root_id: str,
+    root_id: str | None,
     outbox_id: int,
     sent_at: datetime,
+    auto_submitted: str = AUTO_GENERATED,
 ) -> EmailMessage:
     to, needs_utf8 = _recipient_address(to_address)
     msg = EmailMessage(policy=_POLICY_UTF8 if needs_utf8 else _POLICY)
@@ -268,9 +392,11 @@ def _envelope_headers(
     msg["Subject"] = subject if _plain_ascii(subject) else _EncodedSubject(subject)
     msg["Date"] = format_datetime(_aware(sent_at).astimezone(UTC))
     msg["Message-ID"] = message_id
-    msg["In-Reply-To"] = root_id
-    msg["References"] = root_id
-    msg[AUTO_SUBMITTED] = AUTO_GENERATED
+    if root_id is not None:
+        msg["In-Reply-To"] = root_id
+        msg["References"] = root_id
+    msg[AUTO_SUBMITTED] = auto_submitted
+    msg[AUTO_RESPONSE_SUPPRESS] = "All"
     msg[OWN_MAIL_HEADER] = str(outbox_id)
     return msg
 

@@ -1,10 +1,11 @@
 """The dispatcher: new messages become outbox rows, one transaction per batch.
 
 What it owns (docs/outbound.md, "Dispatcher"): taking undispatched messages
-oldest first, loading what the recipient rule needs for a whole batch at once,
-applying the no-flood rules (secure coalescing, the convenience window), and
-writing the outbox rows together with `messages.dispatched_at`, so that a crash
-leaves either both or neither. Also the poll loop around it (`Dispatcher`).
+oldest first, loading what the recipient rule and the no-flood rules need for a
+whole batch at once, and writing the outbox rows those rules decide
+(`bridge.outbound.plan`) together with `messages.dispatched_at`, so that a
+crash leaves either both or neither. `Dispatcher` hands one batch at a time to the
+daemon's poll loop (`bridge.poll`).
 
 What it does not do: decide who is notified or in which mode (pure rules in
 `bridge.policy.recipients` and `bridge.policy.mode`), render, send, or issue
@@ -19,8 +20,8 @@ instances share the work:
   instances never decide about one thread at once (each would otherwise see no
   earlier email and both would send one). A message whose thread another
   transaction holds is left for a later batch instead of waited for, and so is
-  a thread with an older undispatched message that another instance holds:
-  every thread is dispatched in id order, as on SQLite;
+  every message of a thread newer than one another instance holds (taken but
+  not dispatched): every thread is dispatched in id order, as on SQLite;
 * mailbox rows are read `FOR SHARE`, so a read mark being written is waited
   for rather than missed;
 * pending convenience carriers are locked `FOR UPDATE`, so a sender claims a
@@ -33,7 +34,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
@@ -42,7 +43,10 @@ import sqlalchemy as sa
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bridge.policy.recipients import Member, Recipient, recipients
+from bridge.config import OutboundSettings
+from bridge.outbound.plan import History, NewMessage, ThreadInfo, plan
+from bridge.policy.recipients import Member
+from bridge.poll import PollLoop
 from bridge.store.engine import Store
 from bridge.store.models import (
     Audience,
@@ -70,8 +74,6 @@ _TELLING = (OutboxStatus.PENDING.value, OutboxStatus.SENDING.value, OutboxStatus
 # Notices (automatic answers to refused replies) are not about new messages.
 _ABOUT_MESSAGES = (OutboxKind.NOTIFICATION.value, OutboxKind.INVITATION.value)
 
-Key = tuple[int, int]  # (recipient id, thread id)
-
 
 @dataclass(frozen=True)
 class DispatchResult:
@@ -80,35 +82,6 @@ class DispatchResult:
     messages: int
     pending: int
     coalesced: int
-
-
-@dataclass(frozen=True)
-class _NewMessage:
-    id: int
-    thread_id: int
-    author_id: int
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class _ThreadInfo:
-    id: int
-    organization_id: int
-    audience: Audience
-    org_mode: NotificationMode
-    acknowledged: bool
-
-
-@dataclass
-class _History:
-    """The outbox as far as it matters for the batch's threads, kept current as rows are added."""
-
-    # Highest message id a pending, sending or sent row told the recipient about.
-    told_up_to: dict[Key, int] = field(default_factory=dict)
-    # The pending (unclaimed) convenience row new messages join.
-    carriers: dict[Key, Outbox] = field(default_factory=dict)
-    # The recipient's read mark on the thread (None: nothing read).
-    last_read: dict[Key, int | None] = field(default_factory=dict)
 
 
 async def dispatch_batch(
@@ -138,10 +111,10 @@ async def dispatch_batch(
             log.info("dispatch deferred", extra={"deferred": len(taken)})
             return DispatchResult(0, 0, 0)
         thread_ids = sorted({m.thread_id for m in batch})
-        history = _History()
+        history = History()
         members = await _load_members(session, threads, thread_ids, history, postgres=postgres)
         await _load_history(session, thread_ids, history, postgres=postgres)
-        rows = _plan(batch, threads, members, history, at, coalesce_window)
+        rows = plan(batch, threads, members, history, at, coalesce_window)
         # Carriers loaded from the store were raised in place; the session flushes them.
         # New rows go in as one multi-row INSERT: nothing needs their ids back.
         if rows:
@@ -172,7 +145,7 @@ async def dispatch_batch(
 # --- loading ----------------------------------------------------------------------------
 
 
-async def _take_messages(session: AsyncSession, limit: int, *, postgres: bool) -> list[_NewMessage]:
+async def _take_messages(session: AsyncSession, limit: int, *, postgres: bool) -> list[NewMessage]:
     query = (
         select(Message.id, Message.thread_id, Message.author_id, Message.created_at)
         .where(col(Message.dispatched_at).is_(None))
@@ -182,7 +155,7 @@ async def _take_messages(session: AsyncSession, limit: int, *, postgres: bool) -
     if postgres:
         query = query.with_for_update(skip_locked=True)
     return [
-        _NewMessage(mid, tid, aid, _utc(created))
+        NewMessage(mid, tid, aid, _utc(created))
         for mid, tid, aid, created in await session.exec(query)
         if mid is not None
     ]
@@ -190,7 +163,7 @@ async def _take_messages(session: AsyncSession, limit: int, *, postgres: bool) -
 
 async def _lock_threads(
     session: AsyncSession, thread_ids: Iterable[int], *, postgres: bool
-) -> dict[int, _ThreadInfo]:
+) -> dict[int, ThreadInfo]:
     """The threads with their organization's mode; on PostgreSQL only those we could lock."""
     query = (
         select(Thread.id, Thread.audience, Organization)
@@ -200,10 +173,10 @@ async def _lock_threads(
     )
     if postgres:
         query = query.with_for_update(of=Thread, key_share=True, skip_locked=True)
-    found: dict[int, _ThreadInfo] = {}
+    found: dict[int, ThreadInfo] = {}
     for tid, audience, org in await session.exec(query):
         assert tid is not None and org.id is not None
-        found[tid] = _ThreadInfo(
+        found[tid] = ThreadInfo(
             id=tid,
             organization_id=org.id,
             audience=Audience(audience),
@@ -213,32 +186,32 @@ async def _lock_threads(
     return found
 
 
-async def _in_thread_order(
-    session: AsyncSession, batch: Sequence[_NewMessage]
-) -> list[_NewMessage]:
-    """The messages of threads whose older undispatched messages are all in `batch`.
+async def _in_thread_order(session: AsyncSession, batch: Sequence[NewMessage]) -> list[NewMessage]:
+    """Per thread, the messages of `batch` older than any undispatched one it lacks.
 
-    Another instance may hold an older message of a thread whose lock we got; that
-    thread waits for a later batch, so each thread is dispatched in id order.
+    Another instance may hold messages of a thread whose lock we got: one older
+    than all of ours (the thread then waits for a later batch), or one between
+    two of ours (we dispatch up to it, the rest waits). Each thread is thus
+    dispatched in id order, as on SQLite.
     """
-    first: dict[int, int] = {}
-    for message in batch:
-        first[message.thread_id] = min(first.get(message.thread_id, message.id), message.id)
+    ours = sorted(m.id for m in batch)
     query = (
         select(Message.thread_id, sa.func.min(Message.id))
         .where(col(Message.dispatched_at).is_(None))
-        .where(col(Message.thread_id).in_(sorted(first)))
+        .where(col(Message.thread_id).in_(sorted({m.thread_id for m in batch})))
+        .where(col(Message.id).not_in(ours))
         .group_by(col(Message.thread_id))
     )
-    oldest = {tid: mid for tid, mid in await session.exec(query) if mid is not None}
-    return [m for m in batch if oldest.get(m.thread_id) == first[m.thread_id]]
+    # The oldest undispatched message of each thread that is not in `batch`.
+    gap = {tid: mid for tid, mid in await session.exec(query) if mid is not None}
+    return [m for m in batch if m.thread_id not in gap or m.id < gap[m.thread_id]]
 
 
 async def _load_members(
     session: AsyncSession,
-    threads: dict[int, _ThreadInfo],
+    threads: dict[int, ThreadInfo],
     thread_ids: Sequence[int],
-    history: _History,
+    history: History,
     *,
     postgres: bool,
 ) -> dict[int, list[Member]]:
@@ -322,7 +295,7 @@ def _wants_email(prefs: NotificationPreference | None, audience: Audience) -> bo
 
 
 async def _load_history(
-    session: AsyncSession, thread_ids: Sequence[int], history: _History, *, postgres: bool
+    session: AsyncSession, thread_ids: Sequence[int], history: History, *, postgres: bool
 ) -> None:
     told = (
         select(Outbox.recipient_id, Outbox.thread_id, sa.func.max(Outbox.message_id))
@@ -353,74 +326,6 @@ async def _load_history(
         history.carriers[(row.recipient_id, row.thread_id)] = row
 
 
-# --- deciding ---------------------------------------------------------------------------
-
-
-def _plan(
-    batch: Sequence[_NewMessage],
-    threads: dict[int, _ThreadInfo],
-    members: dict[int, list[Member]],
-    history: _History,
-    at: datetime,
-    window: timedelta,
-) -> list[Outbox]:
-    """The outbox rows for `batch`, in message order; updates `history` as it goes."""
-    rows: list[Outbox] = []
-    for message in sorted(batch, key=lambda m: m.id):
-        thread = threads[message.thread_id]
-        chosen = recipients(
-            audience=thread.audience,
-            org_mode=thread.org_mode,
-            acknowledged=thread.acknowledged,
-            members=members.get(thread.id, ()),
-            author_id=message.author_id,
-        )
-        rows.extend(_row_for(message, thread, r, history, at, window) for r in chosen)
-    return rows
-
-
-def _row_for(
-    message: _NewMessage,
-    thread: _ThreadInfo,
-    recipient: Recipient,
-    history: _History,
-    at: datetime,
-    window: timedelta,
-) -> Outbox:
-    key = (recipient.participant_id, thread.id)
-    row = Outbox(
-        kind=recipient.kind.value,
-        mode=recipient.mode.value,
-        status=OutboxStatus.PENDING.value,
-        organization_id=thread.organization_id,
-        recipient_id=recipient.participant_id,
-        thread_id=thread.id,
-        message_id=message.id,
-        next_attempt_at=at,
-        created_at=at,
-    )
-    if recipient.mode is NotificationMode.CONVENIENCE:
-        carrier = history.carriers.get(key)
-        if carrier is not None:
-            # Never lower the carrier: on PostgreSQL a later message of the thread
-            # may have been dispatched first by another instance.
-            carrier.message_id = max(carrier.message_id or 0, message.id)
-            row.status = OutboxStatus.COALESCED.value
-        else:
-            row.next_attempt_at = message.created_at + window
-            history.carriers[key] = carrier = row
-        _told(history, key, carrier.message_id or message.id)
-        return row
-    told = history.told_up_to.get(key)
-    read = history.last_read.get(key)
-    if told is not None and (read is None or told > read):
-        # They have not read what an earlier email told them about.
-        row.status = OutboxStatus.COALESCED.value
-    else:
-        _told(history, key, message.id)
-    return row
-
-
 def _values(row: Outbox) -> dict[str, object]:
     return {
         "kind": row.kind,
@@ -433,10 +338,6 @@ def _values(row: Outbox) -> dict[str, object]:
         "next_attempt_at": row.next_attempt_at,
         "created_at": row.created_at,
     }
-
-
-def _told(history: _History, key: Key, message_id: int) -> None:
-    history.told_up_to[key] = max(history.told_up_to.get(key, 0), message_id)
 
 
 def _utc(value: datetime) -> datetime:
@@ -454,9 +355,12 @@ def _utcnow() -> datetime:
 class Dispatcher:
     """The dispatch loop: batches until the queue is empty, then a pause.
 
-    As an async context manager it runs the loop in a background task and, on
-    exit, lets the batch in flight finish (one short transaction) before it
-    returns. `run(stop)` is the loop itself, for callers with their own task.
+    One batch (`dispatch_batch`) is the step of a `bridge.poll.PollLoop`, which
+    owns pacing, back-off after a failing batch and the heartbeat (`beat` gets
+    the name "dispatcher"). As an async context manager it runs the loop in a
+    background task and, on exit, lets the batch in flight finish (one short
+    transaction) before it returns. `run(stop)` is the loop itself, for
+    callers with their own task.
     """
 
     name = "dispatcher"
@@ -472,23 +376,37 @@ class Dispatcher:
         beat: Callable[[str], None] | None = None,
         max_backoff: float = 60.0,
     ) -> None:
-        if poll_interval <= 0:
-            raise ValueError("poll_interval must be positive")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
         self._store = store
         self._window = coalesce_window
-        self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._clock = clock
-        self._beat = beat
-        self._max_backoff = max(max_backoff, poll_interval)
-        self._failures = 0
-        self._woken = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PollLoop(
+            self.name, self._step, poll_interval=poll_interval, max_backoff=max_backoff, beat=beat
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        store: Store,
+        settings: OutboundSettings,
+        *,
+        beat: Callable[[str], None] | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> Self:
+        """A dispatcher configured from `[outbound]`."""
+        return cls(
+            store,
+            coalesce_window=timedelta(seconds=settings.coalesce_window_seconds),
+            poll_interval=settings.poll_interval_seconds,
+            batch_size=settings.batch_size,
+            clock=clock,
+            beat=beat,
+        )
 
     async def __aenter__(self) -> Self:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self.run(self._stopping), name=self.name)
+        self._loop.start()
         return self
 
     async def __aexit__(
@@ -497,69 +415,19 @@ class Dispatcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stopping.set()
-        task, self._task = self._task, None
-        if task is not None:
-            await task
+        await self._loop.stop()
 
     def wake(self) -> None:
         """Look for new messages now instead of at the end of the pause."""
-        self._woken.set()
+        self._loop.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; one failing batch never ends the loop."""
-        while not stop.is_set():
-            # Cleared before the batch, so a wake-up during it is not lost.
-            self._woken.clear()
-            if self._beat is not None:
-                self._beat(self.name)
-            if not await self._one_batch():
-                await self._pause(stop)
+        await self._loop.run(stop)
 
-    async def _one_batch(self) -> bool:
-        """One isolated iteration; true when it dispatched something (more may wait)."""
-        try:
-            result = await dispatch_batch(
-                self._store,
-                now=self._clock(),
-                coalesce_window=self._window,
-                limit=self._batch_size,
-            )
-        except Exception:
-            # The traceback carries SQL and bound ids, never content: no query binds any.
-            self._failures += 1
-            log.exception("dispatch batch failed", extra={"failures": self._failures})
-            return False
-        self._failures = 0
+    async def _step(self) -> bool:
+        """One batch; true when it dispatched something (more may wait)."""
+        result = await dispatch_batch(
+            self._store, now=self._clock(), coalesce_window=self._window, limit=self._batch_size
+        )
         return result.messages > 0
-
-    async def _pause(self, stop: asyncio.Event) -> None:
-        """Wait out the delay, in poll-interval steps that each beat: backing off is alive."""
-        remaining = self._delay()
-        while remaining > 0 and not stop.is_set() and not self._woken.is_set():
-            step = min(remaining, self._poll_interval)
-            await self._wait(stop, step)
-            remaining -= step
-            if self._beat is not None and remaining > 0:
-                self._beat(self.name)
-
-    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        waiters = [
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self._woken.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-
-    def _delay(self) -> float:
-        """The pause: the poll interval, doubled per consecutive failure up to `max_backoff`.
-
-        A batch that keeps failing (the store down, a row the store refuses) is
-        retried and logged ever less often, not every poll interval.
-        """
-        if self._failures == 0:
-            return self._poll_interval
-        return min(self._poll_interval * 2.0 ** min(self._failures, 32), self._max_backoff)

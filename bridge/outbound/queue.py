@@ -19,6 +19,7 @@ from email.utils import format_datetime, make_msgid
 from sqlmodel import col, select
 
 from bridge.errors import BridgeError
+from bridge.mail.compose import AUTO_RESPONSE_SUPPRESS
 from bridge.mail.headers import AUTO_GENERATED, AUTO_SUBMITTED, OWN_MAIL_HEADER
 from bridge.outbound.transport import SendResult, Transport
 from bridge.store.engine import Store
@@ -127,6 +128,7 @@ def build_test_message(from_address: str, to_address: str, now: datetime) -> Ema
     message["Date"] = format_datetime(now.astimezone(UTC))
     message["Message-ID"] = make_msgid("bridge-test", domain=from_address.rpartition("@")[2])
     message[AUTO_SUBMITTED] = AUTO_GENERATED
+    message[AUTO_RESPONSE_SUPPRESS] = "All"
     # Marked as our own mail, so that a test sent to our own inbound address is dropped.
     message[OWN_MAIL_HEADER] = "test"
     message.set_content(TEST_BODY)

@@ -9,6 +9,11 @@ A secure row reads nothing but ids, the recipient's address and access flags,
 and the organization's portal URL, reply domain and mode columns: column by
 column, so no subject, body or name is even loaded.
 
+A notice row (`kind = notice`, an automatic answer to an email the inbound
+side held) reads the organization's portal URL and reply domain, and either
+the participant's primary address and access flags or the row's bare
+`to_address`; it carries the fixed wording of its `reason`, whatever the mode.
+
 Two checks beyond the contract, both of which can only make an email say less:
 
 * the mode is resolved again at render time (`policy.mode.resolve_mode`); a
@@ -38,14 +43,18 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bridge.config import OutboundSettings, TokenSettings
 from bridge.errors import BridgeError
 from bridge.mail.compose import (
     AttachmentLink,
     ComposeError,
     ConvenienceNotice,
     Item,
+    NoticeReason,
+    RefusalNotice,
     SecureNotice,
     compose_convenience,
+    compose_notice,
     compose_secure,
     new_message_id,
     thread_root_id,
@@ -78,7 +87,9 @@ class RenderFailure(StrEnum):
     NOTHING_NEW = "nothing_new"  # a convenience row with no message left to carry
     BAD_DOMAIN = "bad_domain"  # the organization's reply domain is unusable
     UNSAFE_LINK = "unsafe_link"  # the organization's portal URL is not http(s)
-    UNSUPPORTED_KIND = "unsupported_kind"  # e.g. `notice` rows: not rendered here
+    UNSUPPORTED_KIND = "unsupported_kind"  # an outbox kind this code does not know
+    UNKNOWN_REASON = "unknown_reason"  # a notice whose reason code has no wording
+    ORGANIZATION_GONE = "organization_gone"  # the row's organization no longer exists
 
 
 class RenderError(BridgeError):
@@ -98,6 +109,18 @@ class RenderContext:
     token_secret: bytes
     token_lifetime: timedelta
     address_format: str
+
+    @classmethod
+    def from_settings(
+        cls, outbound: OutboundSettings, tokens: TokenSettings, *, token_secret: bytes
+    ) -> RenderContext:
+        """The context from `[outbound]` and `[tokens]`; the key as the daemon resolved it."""
+        return cls(
+            from_address=outbound.from_address,
+            token_secret=token_secret,
+            token_lifetime=timedelta(days=tokens.lifetime_days),
+            address_format=tokens.address_format,
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,8 @@ async def render(
     for convenience rows adds a `ReplyToken` row. Does not commit. Raises
     `RenderError` when the row cannot become an email.
     """
+    if row.kind == OutboxKind.NOTICE.value:
+        return await _render_notice(session, row, ctx, now)
     basics = await _load_basics(session, row)
     try:
         root = thread_root_id(
@@ -174,6 +199,91 @@ def envelope(message: EmailMessage) -> tuple[str, list[str]]:
     return sender.addresses[0].addr_spec, [a.addr_spec for a in recipient.addresses]
 
 
+# -- notices ----------------------------------------------------------------------------
+
+
+async def _render_notice(
+    session: AsyncSession, row: Outbox, ctx: RenderContext, now: datetime
+) -> EmailMessage:
+    """A notice: fixed wording for the row's reason, a portal link, nothing from a message.
+
+    A participant gets it at their primary address (never at the address the
+    held email came from) with the thread's link while they still hold the
+    thread; a bare `to_address` (an unknown sender) gets the portal's front page.
+    """
+    if row.id is None:
+        raise ValueError("render needs a stored outbox row (with an id)")
+    try:
+        reason = NoticeReason(row.reason or "")
+    except ValueError:
+        raise RenderError(RenderFailure.UNKNOWN_REASON, outbox_id=row.id) from None
+    org = (
+        await session.exec(
+            select(Organization.portal_base_url, Organization.reply_domain).where(
+                Organization.id == row.organization_id
+            )
+        )
+    ).first()
+    if org is None:
+        raise RenderError(RenderFailure.ORGANIZATION_GONE, outbox_id=row.id)
+    portal_base_url, reply_domain = org
+    link = portal_base_url.rstrip("/")
+    root = None
+    if row.recipient_id is not None:
+        address, holds_thread = await _notice_recipient(session, row, row.recipient_id)
+        if holds_thread and row.thread_id is not None:
+            link = f"{link}/threads/{row.thread_id}"
+            root = thread_root_id(ctx.token_secret, row.thread_id, row.recipient_id, reply_domain)
+    elif row.to_address:
+        address = row.to_address
+    else:
+        raise RenderError(RenderFailure.NO_ADDRESS, outbox_id=row.id)
+    try:
+        message_id = new_message_id(row.id, reply_domain)
+        email = compose_notice(
+            RefusalNotice(
+                to_address=address,
+                reason=reason,
+                portal_link=link,
+                message_id=message_id,
+                thread_root_id=root,
+                outbox_id=row.id,
+                sent_at=now,
+            ),
+            from_address=ctx.from_address,
+        )
+    except ComposeError as err:
+        raise RenderError(RenderFailure(err.reason), outbox_id=row.id) from err
+    row.message_id_header = message_id
+    session.add(row)
+    return email
+
+
+async def _notice_recipient(
+    session: AsyncSession, row: Outbox, participant_id: int
+) -> tuple[str, bool]:
+    """The participant's primary address, and whether they still hold the row's thread."""
+    active = (
+        await session.exec(select(Participant.active).where(Participant.id == participant_id))
+    ).first()
+    if not active:
+        raise RenderError(RenderFailure.NO_ACCESS, outbox_id=row.id)
+    address = await _primary_address(session, participant_id)
+    if address is None:
+        raise RenderError(RenderFailure.NO_ADDRESS, outbox_id=row.id)
+    holds = None
+    if row.thread_id is not None:
+        holds = (
+            await session.exec(
+                select(Mailbox.participant_id).where(
+                    Mailbox.thread_id == row.thread_id,
+                    Mailbox.participant_id == participant_id,
+                )
+            )
+        ).first()
+    return address, holds is not None
+
+
 # -- loading ----------------------------------------------------------------------------
 
 
@@ -221,14 +331,7 @@ async def _load_basics(session: AsyncSession, row: Outbox) -> _Basics:
         raise RenderError(RenderFailure.NO_ACCESS, outbox_id=row.id)
     active, consents = person
 
-    address = (
-        await session.exec(
-            select(EmailAddress.address)
-            .where(EmailAddress.participant_id == row.recipient_id)
-            .order_by(col(EmailAddress.is_primary).desc(), col(EmailAddress.id))
-            .limit(1)
-        )
-    ).first()
+    address = await _primary_address(session, row.recipient_id)
     if address is None:
         raise RenderError(RenderFailure.NO_ADDRESS, outbox_id=row.id)
 
@@ -250,6 +353,17 @@ async def _load_basics(session: AsyncSession, row: Outbox) -> _Basics:
         mode=mode,
         invitation=row.kind == OutboxKind.INVITATION.value,
     )
+
+
+async def _primary_address(session: AsyncSession, participant_id: int) -> str | None:
+    """The participant's primary address (else their oldest one), or None without any."""
+    query = (
+        select(EmailAddress.address)
+        .where(EmailAddress.participant_id == participant_id)
+        .order_by(col(EmailAddress.is_primary).desc(), col(EmailAddress.id))
+        .limit(1)
+    )
+    return (await session.exec(query)).first()
 
 
 def _portal_link(basics: _Basics) -> str:
@@ -308,6 +422,7 @@ async def _carried_items(session: AsyncSession, row: Outbox, basics: _Basics) ->
                 Outbox.thread_id == basics.thread_id,
                 Outbox.status == OutboxStatus.SENT.value,
                 Outbox.mode == NotificationMode.CONVENIENCE.value,
+                col(Outbox.kind) != OutboxKind.NOTICE.value,
                 Outbox.id != basics.outbox_id,
             )
         )

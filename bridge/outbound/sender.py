@@ -1,25 +1,26 @@
 """The sender: due outbox rows out through a transport, each sent once, none lost.
 
-`Sender` owns the life of an outbox row from `pending` to `sent` or `failed`
-(the "Sender" section of docs/outbound.md):
+`Sender` owns the life of an outbox row from `pending` to an outcome (the
+"Sender" section of docs/outbound.md):
 
 1. **Claim** a batch in one transaction: rows `pending` and due, or `sending`
    under a lease that has expired (a dead instance's), oldest first, with
    `FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite's `BEGIN IMMEDIATE`
-   serialises claims). Each becomes `sending` under our lease.
-2. **Hourly cap**, in the same transaction: a row whose recipient already has
-   `hourly_cap` emails sent in the last hour (or in flight) goes back to
-   `pending`, due when the oldest of those leaves the hour.
-3. **Render** each row in its own transaction (the renderer may insert a reply
+   serialises claims). Each becomes `sending` under our lease, unless the
+   **hourly cap** (`bridge.outbound.cap`) puts it back to `pending` for later.
+2. **Render** each row in its own transaction (the renderer may insert a reply
    token and sets `message_id_header`), committed before the send.
-4. **Send** through the transport, at most `concurrency` at a time.
-5. **Record** in one short transaction guarded by `lease_owner = us`: `sent`;
-   or back to `pending` with backoff (4xx, connection errors); or `failed`
-   with an `outbox_failed` audit event (5xx, past the retry horizon, or a row
-   the renderer can never render).
+3. **Send** through the transport, at most `concurrency` at a time.
+4. **Record** the outcome (`bridge.outbound.outcomes`): `sent`; back to
+   `pending` with backoff (4xx, connection errors); `failed` with an audit
+   event (5xx, past the retry horizon, a row the renderer can never render);
+   or `coalesced` (a convenience row with nothing left to carry).
 
 Between the relay's 250 and the commit of `sent` the code awaits nothing but
 that one UPDATE: a crash there is the only way to send an email twice.
+
+One claim-render-send-record round is the step of a `bridge.poll.PollLoop`,
+which owns pacing, back-off after a failing round and the heartbeat.
 
 It does not decide who gets an email or what it says (dispatcher and
 renderer), and it does not know how bytes reach the relay (`transport`).
@@ -32,30 +33,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import getaddresses
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
-import sqlalchemy as sa
-from sqlmodel import col, select, update
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bridge.config import OutboundSettings
 from bridge.errors import BridgeError
-from bridge.outbound.render import RenderError
+from bridge.outbound.cap import HourlyLoad
+from bridge.outbound.outcomes import Job, Outcomes, Retry, ours
+from bridge.outbound.render import RenderContext, RenderError, RenderFailure, render
 from bridge.outbound.transport import (
     PermanentSendError,
-    SendResult,
     TransientSendError,
     Transport,
-    clip,
+    transport_from_settings,
 )
+from bridge.poll import PollLoop
 from bridge.store.engine import Store
-from bridge.store.models import AuditEvent, Outbox, OutboxStatus
+from bridge.store.models import Outbox, OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -67,61 +69,17 @@ and must set `row.message_id_header`. Raises `RenderError` for a row that can
 never be rendered.
 """
 
-AUDIT_FAILED = "outbox_failed"
-HOUR = timedelta(hours=1)
-
-# Pauses between attempts to record a send the relay has accepted (see `_mark_sent`).
-_RECORD_RETRY_PAUSES_S = (0.2, 1.0)
-
 _PENDING = OutboxStatus.PENDING.value
 _SENDING = OutboxStatus.SENDING.value
-_SENT = OutboxStatus.SENT.value
-_FAILED = OutboxStatus.FAILED.value
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _no_beat() -> None:
-    return None
-
-
-_Destination = int | str
-"""Whom the hourly cap counts: a participant id, or (notices only) a lower-cased address."""
-
-
-@dataclass(frozen=True)
-class _Job:
-    """A row claimed by this instance: what the later steps need, detached from any session."""
-
-    id: int
-    attempts: int
-    created_at: datetime
-    lease_expires_at: datetime
-    organization_id: int
-    recipient_id: int | None
-    thread_id: int | None
-    message_id: int | None
-
-    @classmethod
-    def of(cls, row: Outbox, lease_expires_at: datetime) -> _Job:
-        assert row.id is not None
-        return cls(
-            row.id,
-            row.attempts,
-            row.created_at,
-            lease_expires_at,
-            row.organization_id,
-            row.recipient_id,
-            row.thread_id,
-            row.message_id,
-        )
-
-
 @dataclass(frozen=True)
 class _Ready:
-    job: _Job
+    job: Job
     message: EmailMessage
     recipient: str
 
@@ -129,24 +87,29 @@ class _Ready:
 class Sender:
     """Sends due outbox rows; one instance per daemon, several daemons per store.
 
-    Enter it as an async context manager (leaving it closes the transport it
-    was given), then either `await run(stop)` or call `run_once()` yourself.
+    As an async context manager it runs its loop in a background task; leaving
+    it lets the round in progress finish, then closes the transport it was
+    given. `run(stop)` is the loop itself, for callers with their own task;
+    `run_once()` is one round, for callers that pace rounds themselves (then
+    `aclose()` closes the transport).
 
     `render` is bound to its context by the caller, e.g.
-    `lambda s, row, now: render.render(s, row, ctx, now=now)`.
-    `instance` names this daemon in `lease_owner` and in audit events.
+    `lambda s, row, now: render.render(s, row, ctx, now=now)` (`from_settings`
+    does this). `instance` names this daemon in `lease_owner` and in audit events.
     Backoff after the n-th failed attempt (n = 1, 2, ...) is
     `min(backoff_cap, backoff_base * 2**(n-1)) * uniform(0.5, 1.5)` drawn from `rng`.
-    `clock` is the only source of time; `beat` is called once per round (watchdog).
+    `clock` is the only source of time for rows; `beat` gets the loop's name
+    ("sender") before every round and while the loop pauses (watchdog).
 
     A claimed row is sent only while more than half of its lease is left, so a
     send and its record fit in the lease; one that waited longer (a slow relay,
     a long batch) is left to be claimed again once the lease has expired.
-    Stop it with the `stop` event: the round in progress then finishes.
-    Cancelling a round instead leaves its rows `sending` until their lease
-    expires, and a row cancelled between the relay's 250 and the record is
-    sent again then.
+    Cancelling a round (rather than stopping the loop) leaves its rows `sending`
+    until their lease expires, and a row cancelled between the relay's 250 and
+    the record is sent again then.
     """
+
+    name = "sender"
 
     def __init__(
         self,
@@ -163,58 +126,76 @@ class Sender:
         lease: timedelta = timedelta(minutes=5),
         backoff_base: timedelta = timedelta(minutes=1),
         backoff_cap: timedelta = timedelta(hours=1),
-        poll_interval: float = 5.0,
+        poll_interval: float = 1.0,
         clock: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
-        beat: Callable[[], None] = _no_beat,
+        beat: Callable[[str], None] | None = None,
     ) -> None:
         if min(hourly_cap, concurrency, batch_size) < 1:
             raise ValueError("hourly_cap, concurrency and batch_size must be at least 1")
-        if lease <= timedelta(0) or poll_interval <= 0:
-            raise ValueError("lease and poll_interval must be positive")
+        if lease <= timedelta(0):
+            raise ValueError("lease must be positive")
         self.store = store
         self.transport = transport
         self.render = render
         self.instance = instance
         self.envelope_sender = envelope_sender
         self.hourly_cap = hourly_cap
-        self.retry_horizon = retry_horizon
         self.batch_size = batch_size
         self.lease = lease
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.poll_interval = poll_interval
         self.clock = clock
-        self.rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
-        self.beat = beat
+        self.outcomes = Outcomes(
+            store,
+            instance=instance,
+            retry=Retry(base=backoff_base, cap=backoff_cap, horizon=retry_horizon),
+            rng=rng or random.Random(),  # noqa: S311 (jitter, not a secret)
+            clock=clock,
+        )
         self._slots = asyncio.Semaphore(concurrency)
-        self._wake = asyncio.Event()
+        self._loop = PollLoop(self.name, self._step, poll_interval=poll_interval, beat=beat)
 
     @classmethod
     def from_settings(
         cls,
         store: Store,
-        transport: Transport,
-        render: Render,
         settings: OutboundSettings,
+        render_ctx: RenderContext,
         *,
         instance: str,
-        **options: Any,
+        beat: Callable[[str], None] | None = None,
+        transport: Transport | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        rng: random.Random | None = None,
     ) -> Self:
-        """A sender configured from `[outbound]`; `options` as for the constructor."""
+        """A sender configured from `[outbound]`, rendering with `render_ctx`.
+
+        The transport is the one `outbound.transport` names unless one is given.
+        """
+
+        async def render_row(session: AsyncSession, row: Outbox, now: datetime) -> EmailMessage:
+            return await render(session, row, render_ctx, now=now)
+
         return cls(
             store,
-            transport,
-            render,
+            transport if transport is not None else transport_from_settings(settings),
+            render_row,
             instance=instance,
             envelope_sender=settings.from_address,
             hourly_cap=settings.hourly_cap,
             retry_horizon=timedelta(hours=settings.retry_horizon_hours),
             concurrency=settings.smtp.concurrency,
-            **options,
+            batch_size=settings.batch_size,
+            lease=timedelta(seconds=settings.lease_seconds),
+            backoff_base=timedelta(seconds=settings.retry_base_seconds),
+            backoff_cap=timedelta(seconds=settings.retry_max_seconds),
+            poll_interval=settings.poll_interval_seconds,
+            clock=clock,
+            rng=rng,
+            beat=beat,
         )
 
     async def __aenter__(self) -> Self:
+        self._loop.start()
         return self
 
     async def __aexit__(
@@ -223,24 +204,26 @@ class Sender:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        try:
+            await self._loop.stop()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the transport; the sender is not used afterwards."""
         await self.transport.aclose()
 
     def wake(self) -> None:
-        """Start the next round now instead of at the end of the poll interval."""
-        self._wake.set()
+        """Start the next round now instead of at the end of the pause."""
+        self._loop.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Rounds until `stop` is set; the round in progress is finished first."""
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                handled = await self.run_once()
-            except Exception:
-                log.exception("sender round failed")
-                handled = 0
-            self.beat()
-            if handled < self.batch_size:
-                await _first_of(stop, self._wake, within=self.poll_interval)
+        await self._loop.run(stop)
+
+    async def _step(self) -> bool:
+        # A full batch means "there may be more right now"; anything less, a pause.
+        return await self.run_once() >= self.batch_size
 
     async def run_once(self, now: datetime | None = None) -> int:
         """One round at time `now` (default: the clock); returns the rows it took.
@@ -256,7 +239,7 @@ class Sender:
 
     # --- claim -------------------------------------------------------------------------
 
-    async def _claim(self, now: datetime) -> tuple[list[_Job], int]:
+    async def _claim(self, now: datetime) -> tuple[list[Job], int]:
         due = ((col(Outbox.status) == _PENDING) & (col(Outbox.next_attempt_at) <= now)) | (
             (col(Outbox.status) == _SENDING) & (col(Outbox.lease_expires_at) < now)
         )
@@ -267,31 +250,29 @@ class Sender:
             .limit(self.batch_size)
             .with_for_update(skip_locked=True)
         )
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         deferred = 0
         async with self.store.transaction() as session:
             rows = list(await session.exec(query))
             if not rows:
                 return [], 0
-            load = await _recent_load(session, [_destination(row) for row in rows], now)
+            load = await HourlyLoad.read(session, rows, now, cap=self.hourly_cap)
             expires = now + self.lease
             for row in rows:
-                times = load.setdefault(_destination(row), [])
-                release = _cap_release(times, self.hourly_cap)
+                release = load.admit(row, now)
                 if release is not None:
                     row.status, row.next_attempt_at = _PENDING, release
                     row.lease_owner = row.lease_expires_at = None
                     deferred += 1
                     log.info("outbox over hourly cap", extra={"outbox_id": row.id})
                     continue
-                times.append(now)  # counts towards the cap for the rest of this batch
                 row.status, row.lease_owner, row.lease_expires_at = _SENDING, self.instance, expires
-                jobs.append(_Job.of(row, expires))
+                jobs.append(Job.of(row, expires))
         return jobs, deferred
 
     # --- one row -----------------------------------------------------------------------
 
-    async def _process_guarded(self, job: _Job, now: datetime) -> None:
+    async def _process_guarded(self, job: Job, now: datetime) -> None:
         # One row's bug must not cancel its siblings, which may sit between 250 and commit.
         async with self._slots:
             try:
@@ -299,7 +280,7 @@ class Sender:
             except Exception:
                 log.exception("outbox row failed unexpectedly", extra={"outbox_id": job.id})
 
-    async def _process(self, job: _Job, now: datetime) -> None:
+    async def _process(self, job: Job, now: datetime) -> None:
         ready = await self._prepare(job, now)
         if ready is None:
             return
@@ -317,21 +298,21 @@ class Sender:
                 name=str(job.id),
             )
         except TransientSendError as err:
-            await self._defer(job, now, err.code, err.answer)
+            await self.outcomes.defer(job, now, err.code, err.answer)
         except PermanentSendError as err:
-            await self._fail(job, now, err.code, err.answer, reason=None)
+            await self.outcomes.fail(job, now, err.code, err.answer, reason=None)
         except Exception:
             log.exception("transport failed unexpectedly", extra={"outbox_id": job.id})
-            await self._defer(job, now, None, "internal error in the transport")
+            await self.outcomes.defer(job, now, None, "internal error in the transport")
         else:
             # Nothing but this one UPDATE between the relay's 250 and the commit.
-            await self._mark_sent(job, now, result)
+            await self.outcomes.sent(job, now, result)
 
-    async def _prepare(self, job: _Job, now: datetime) -> _Ready | None:
+    async def _prepare(self, job: Job, now: datetime) -> _Ready | None:
         """Render and commit (token, Message-ID); None when the row is done with or not ours."""
         try:
             async with self.store.transaction() as session:
-                query = select(Outbox).where(*_ours(job, self.instance)).with_for_update()
+                query = select(Outbox).where(*ours(job, self.instance)).with_for_update()
                 row = (await session.exec(query)).first()
                 if row is None:
                     log.warning("outbox lease lost before render", extra={"outbox_id": job.id})
@@ -339,128 +320,22 @@ class Sender:
                 message = await self.render(session, row, now)
             recipient = envelope_recipient(message)
         except (RenderError, UnsendableError) as err:
-            await self._fail(job, now, None, None, reason=str(err.reason), attempted=False)
+            await self._refused(job, now, err)
             return None
         except Exception:
             log.exception("render failed unexpectedly", extra={"outbox_id": job.id})
-            await self._defer(job, now, None, "internal error in the renderer")
+            await self.outcomes.defer(job, now, None, "internal error in the renderer")
             return None
         return _Ready(job, message, recipient)
 
-    # --- outcomes ----------------------------------------------------------------------
-
-    def _release(self, job: _Job, **values: Any) -> sa.Update:
-        """The UPDATE that records an outcome and gives the lease up, if it is still ours."""
-        return (
-            update(Outbox)
-            .where(*_ours(job, self.instance))
-            .values(lease_owner=None, lease_expires_at=None, **values)
-        )
-
-    async def _mark_sent(self, job: _Job, now: datetime, result: SendResult) -> None:
-        """Record the 250. A store error here would turn into a duplicate once the lease
-        expires, so the UPDATE is tried again a few times while the lease lasts."""
-        statement = self._release(
-            job,
-            status=_SENT,
-            sent_at=now,
-            attempts=job.attempts + 1,
-            smtp_code=result.code,
-            smtp_answer=clip(result.answer),
-        )
-        for pause in (*_RECORD_RETRY_PAUSES_S, None):
-            try:
-                async with self.store.transaction() as session:
-                    done = await session.exec(statement)
-                break
-            except Exception:
-                if pause is None or self.clock() >= job.lease_expires_at:
-                    raise
-                log.warning("outbox sent, recording it failed; retrying", exc_info=True)
-                await asyncio.sleep(pause)
-        extra = {"outbox_id": job.id, "code": result.code, "attempt": job.attempts + 1}
-        if done.rowcount:
-            log.info("outbox sent", extra=extra)
+    async def _refused(self, job: Job, now: datetime, err: RenderError | UnsendableError) -> None:
+        """A row that will never become an email: failed for good, or coalesced."""
+        reason = str(err.reason)
+        if isinstance(err, RenderError) and err.reason is RenderFailure.NOTHING_NEW:
+            # The person read everything in the portal meanwhile: nothing is missing.
+            await self.outcomes.coalesce(job, reason=reason)
         else:
-            log.warning("outbox sent, but the lease was lost before recording it", extra=extra)
-
-    async def _defer(self, job: _Job, now: datetime, code: int | None, answer: str) -> None:
-        attempt = job.attempts + 1
-        if now >= job.created_at + self.retry_horizon:
-            await self._fail(job, now, code, answer, reason="retry_horizon")
-            return
-        delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        due = now + delay * self.rng.uniform(0.5, 1.5)
-        async with self.store.transaction() as session:
-            await session.exec(
-                self._release(
-                    job,
-                    status=_PENDING,
-                    attempts=attempt,
-                    next_attempt_at=due,
-                    smtp_code=code,
-                    smtp_answer=clip(answer),
-                )
-            )
-        log.info(
-            "outbox deferred",
-            extra={
-                "outbox_id": job.id,
-                "code": code,
-                "attempt": attempt,
-                "retry_in_s": round((due - now).total_seconds()),
-            },
-        )
-
-    async def _fail(
-        self,
-        job: _Job,
-        now: datetime,
-        code: int | None,
-        answer: str | None,
-        *,
-        reason: str | None,
-        attempted: bool = True,
-    ) -> None:
-        """`failed`, plus the audit event (ids and code only; the answer stays on the row).
-
-        `attempted` is false when the email never reached the transport (render refused it).
-        """
-        attempt = job.attempts + int(attempted)
-        detail: dict[str, int | str | bool | None] = {"code": code}
-        if reason is not None:
-            detail["reason"] = reason
-        async with self.store.transaction() as session:
-            done = await session.exec(
-                self._release(
-                    job,
-                    status=_FAILED,
-                    attempts=attempt,
-                    smtp_code=code,
-                    smtp_answer=None if answer is None else clip(answer),
-                )
-            )
-            if done.rowcount:
-                session.add(
-                    AuditEvent(
-                        at=now,
-                        actor=self.instance,
-                        action=AUDIT_FAILED,
-                        organization_id=job.organization_id,
-                        thread_id=job.thread_id,
-                        message_id=job.message_id,
-                        participant_id=job.recipient_id,
-                        outbox_id=job.id,
-                        detail=detail,
-                    )
-                )
-        log.warning(
-            "outbox failed",
-            extra={"outbox_id": job.id, "code": code, "attempt": attempt, "reason": reason or "-"},
-        )
-
-
-# --- helpers -----------------------------------------------------------------------------
+            await self.outcomes.fail(job, now, None, None, reason=reason, attempted=False)
 
 
 class UnsendableError(BridgeError):
@@ -486,69 +361,7 @@ def envelope_recipient(message: EmailMessage) -> str:
     return found[0]
 
 
-def _ours(job: _Job, instance: str) -> tuple[sa.ColumnElement[bool], ...]:
-    """The conditions for `job`'s row while we still hold its lease."""
-    return (
-        col(Outbox.id) == job.id,
-        col(Outbox.status) == _SENDING,
-        col(Outbox.lease_owner) == instance,
-    )
-
-
-async def _recent_load(
-    session: AsyncSession, destinations: Iterable[_Destination], now: datetime
-) -> dict[_Destination, list[datetime]]:
-    """Per destination: when each email of the last hour was sent; in-flight ones count as now.
-
-    In flight means `sending` under another instance's live lease, so that
-    two instances together stay near the cap.
-    """
-    wanted = set(destinations)
-    people = sorted(d for d in wanted if isinstance(d, int))
-    addresses = sorted(d for d in wanted if isinstance(d, str))
-    to_address = sa.func.lower(col(Outbox.to_address))
-    of_them = sa.or_(col(Outbox.recipient_id).in_(people), to_address.in_(addresses))
-    sent = select(Outbox.recipient_id, to_address, Outbox.sent_at).where(
-        of_them, col(Outbox.status) == _SENT, col(Outbox.sent_at) > now - HOUR
-    )
-    flying = select(Outbox.recipient_id, to_address, Outbox.lease_expires_at).where(
-        of_them, col(Outbox.status) == _SENDING, col(Outbox.lease_expires_at) >= now
-    )
-    load: dict[_Destination, list[datetime]] = {}
-    for recipient_id, address, sent_at in await session.exec(sent):
-        if sent_at is not None:
-            load.setdefault(_key(recipient_id, address), []).append(sent_at)
-    for recipient_id, address, _ in await session.exec(flying):
-        load.setdefault(_key(recipient_id, address), []).append(now)
-    return load
-
-
-def _key(recipient_id: int | None, address: str | None) -> _Destination:
-    return recipient_id if recipient_id is not None else (address or "")
-
-
-def _destination(row: Outbox) -> _Destination:
-    return _key(row.recipient_id, (row.to_address or "").lower())
-
-
-def _cap_release(times: list[datetime], cap: int) -> datetime | None:
-    """None if one more email fits under `cap`; else when enough of `times` leave the hour."""
-    if len(times) < cap:
-        return None
-    return sorted(times)[len(times) - cap] + HOUR
-
-
 def _aware(now: datetime) -> datetime:
     if now.utcoffset() is None:
         raise ValueError("the sender's clock must return timezone-aware datetimes")
     return now.astimezone(UTC)
-
-
-async def _first_of(*events: asyncio.Event, within: float) -> None:
-    """Wait until one of `events` is set, or `within` seconds have passed."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -13,6 +13,8 @@ of letting it be derived from the headers: the outbox has exactly one
 recipient per email, so a transport takes exactly one, and a relay can never
 accept a message for some recipients and refuse it for others.
 
+`transport_from_settings` picks and builds the one `outbound.transport` names.
+
 It does not decide anything about the queue (retries, backoff, leases live in
 `bridge.outbound.sender`) and it never logs: what went wrong travels in the
 errors, whose `str()` names the code only. The relay's answer is kept in
@@ -36,7 +38,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from bridge.config import OutboundSmtpSettings
+from bridge.config import OutboundSettings, OutboundSmtpSettings
 from bridge.errors import BridgeError
 
 # The width of `outbox.smtp_answer`.
@@ -91,6 +93,10 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Release connections; the transport is not used afterwards."""
         ...
+
+
+class TransportSettingsError(BridgeError):
+    """A transport cannot be built from its settings; the message names the key."""
 
 
 def clip(answer: str) -> str:
@@ -159,12 +165,23 @@ class FileTransport:
 # --- smtp ------------------------------------------------------------------------------
 
 
-def tls_context(verify: bool) -> ssl.SSLContext:
-    """The client TLS context: the system's trust store and host name checks, or neither.
+def tls_context(verify: bool, ca_file: Path | None = None) -> ssl.SSLContext:
+    """The client TLS context: a trust store and host name checks, or neither.
 
-    `verify=False` accepts any certificate from anyone, which hands the mail
-    to whoever sits on the path. It exists for tests with self-signed certs.
+    The trust store is the system's, or only the certificates in `ca_file` (a
+    relay with a private CA). `verify=False` accepts any certificate from
+    anyone, which hands the mail to whoever sits on the path. It exists for
+    tests with self-signed certificates; `ca_file` is then not read.
+    Raises `TransportSettingsError` for a `ca_file` that cannot be loaded.
     """
+    if verify and ca_file is not None:
+        try:
+            return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            problem = getattr(err, "strerror", None) or str(err) or type(err).__name__
+            raise TransportSettingsError(
+                f"outbound.smtp.ca_file = {str(ca_file)!r}: cannot load it: {problem}"
+            ) from err
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if not verify:
         context.check_hostname = False
@@ -183,6 +200,9 @@ class SmtpTransport:
     * `verify_certificates` is true by default. **Setting it to false accepts
       any certificate, so anyone on the network path can read and alter the
       mail. It is for tests with self-signed certificates only.**
+    * `ca_file`: trust the CA certificates in this file instead of the system's.
+    * `helo_hostname`: the name sent with EHLO; empty means this host's
+      fully qualified name.
     * `username` (non-empty) turns AUTH on, with `password`.
     * At most `concurrency` connections are open and at most that many emails
       in flight; an idle connection is checked with NOOP before reuse and
@@ -203,10 +223,10 @@ class SmtpTransport:
         self.settings = settings
         self._context = None
         if settings.security != "none":
-            self._context = context or tls_context(settings.verify_certificates)
+            self._context = context or tls_context(settings.verify_certificates, settings.ca_file)
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._idle: list[aiosmtplib.SMTP] = []
-        self._local_hostname: str | None = None
+        self._local_hostname: str | None = settings.helo_hostname or None
 
     async def send(
         self, message: EmailMessage, *, sender: str, recipient: str, name: str
@@ -310,6 +330,16 @@ class SmtpTransport:
             # OSError covers ssl.SSLError, e.g. a certificate that does not verify.
             raise TransientSendError(None, _describe(err)) from err
         return client
+
+
+# --- from settings ---------------------------------------------------------------------
+
+
+def transport_from_settings(settings: OutboundSettings) -> Transport:
+    """The transport `outbound.transport` names: `.eml` files in `file_dir`, or the relay."""
+    if settings.transport == "file":
+        return FileTransport(settings.file_dir)
+    return SmtpTransport(settings.smtp)
 
 
 def _refusal(refusals: Sequence[aiosmtplib.SMTPRecipientRefused]) -> SendError:

@@ -27,11 +27,12 @@ import psycopg
 import pytest
 from sqlmodel import select
 
-from bridge.inbound.smtp import Listener, ListenerOptions, ReplyRules
+from bridge.inbound.receipt import ReplyRules
+from bridge.inbound.smtp import Listener, ListenerOptions
 from bridge.policy.tokens import hash_token, issue_token, reply_address
 from bridge.portal import Portal
 from bridge.store.engine import Store
-from bridge.store.models import Audience, InboundEmail, ReplyToken, StaffRole
+from bridge.store.models import Audience, InboundEmail, NotificationMode, ReplyToken, StaffRole
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SECRET = b"inbound-tests-secret-0123456789ab"
@@ -129,6 +130,14 @@ async def practice(store: Store) -> Practice:
         author_id=clinician,
         body_text="Shall we move Tuesday?",
         now=T0,
+    )
+    # Reply addresses exist only in convenience mode; the admin who acknowledges it joins
+    # after the thread was opened, so the thread's members are the ones above.
+    admin = await portal.add_staff(
+        org, "Admin", [StaffRole.PRACTICE_ADMIN], ["admin@practice.example.org"], now=T0
+    )
+    await portal.set_notification_mode(
+        org, NotificationMode.CONVENIENCE, acknowledged_by=admin, now=T0
     )
     return Practice(store, portal, org, client, clinician, scheduler, thread.thread_id)
 

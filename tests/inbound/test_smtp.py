@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 import pytest
 
-from bridge.inbound.smtp import Listener, ListenerError, ListenerOptions, ReplyRules
+from bridge.inbound.receipt import ReplyRules
+from bridge.inbound.smtp import Listener, ListenerError, ListenerOptions
 from bridge.logs import PlainFormatter
 from bridge.store.engine import Store
-from bridge.store.models import Audience, InboundStatus, InboundVia
+from bridge.store.models import Audience, InboundStatus, InboundVia, NotificationMode, StaffRole
 
 if TYPE_CHECKING:
     from conftest import DatabaseFaults, Practice
@@ -264,6 +265,12 @@ async def test_smtputf8_sender_and_recipient_and_8bit_body_are_stored_intact(
 ) -> None:
     org = await practice.portal.create_organization(
         "Praxis", "https://praxis.example", "antworten.bücher.example"
+    )
+    admin = await practice.portal.add_staff(
+        org, "Leitung", [StaffRole.PRACTICE_ADMIN], ["leitung@bücher.example"]
+    )
+    await practice.portal.set_notification_mode(
+        org, NotificationMode.CONVENIENCE, acknowledged_by=admin
     )
     client = await practice.portal.add_client(org, "Klientin", ["jörg@bücher.example"])
     thread = await practice.portal.create_thread(

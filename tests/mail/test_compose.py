@@ -24,13 +24,18 @@ from hypothesis import strategies as st
 
 from bridge.mail.compose import (
     INVITATION_SUBJECT,
+    NOTICE_REASONS,
+    NOTICE_SUBJECT,
     SECURE_SUBJECT,
     AttachmentLink,
     ComposeError,
     ConvenienceNotice,
     Item,
+    NoticeReason,
+    RefusalNotice,
     SecureNotice,
     compose_convenience,
+    compose_notice,
     compose_secure,
     new_message_id,
     thread_root_id,
@@ -264,11 +269,74 @@ def test_headers_follow_the_contract(mode: str) -> None:
     assert msg["In-Reply-To"] == ROOT
     assert msg["References"] == ROOT
     assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Auto-Response-Suppress"] == "All"
     assert msg[OWN_MAIL_HEADER] == "99"
     assert msg["Date"].datetime == SENT
     assert msg.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert all(p.get_content_charset() == "utf-8" for p in msg.iter_parts())
+
+
+# -- notices: automatic answers to emails that could not be accepted --------------------
+
+
+def notice(**overrides: object) -> RefusalNotice:
+    value = RefusalNotice(
+        to_address="client@example.org",
+        reason=NoticeReason.SENDER_MISMATCH,
+        portal_link=f"{PORTAL}/threads/7",
+        message_id=new_message_id(99, DOMAIN),
+        thread_root_id=ROOT,
+        outbox_id=99,
+        sent_at=SENT,
+    )
+    return replace(value, **overrides)  # type: ignore[arg-type]
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("reason", list(NoticeReason))
+def test_each_notice_says_what_went_wrong_and_what_to_do_with_the_link_in_both_parts(
+    reason: NoticeReason,
+) -> None:
+    msg = compose_notice(notice(reason=reason), from_address=FROM)
+    text, page = body(msg, "plain"), body(msg, "html")
+    assert [r for r in NoticeReason if flat(NOTICE_REASONS[r]) in flat(text)] == [reason]
+    assert flat(html.escape(NOTICE_REASONS[reason])) in flat(page)
+    assert "portal" in NOTICE_REASONS[reason], "every notice offers the portal"
+    assert f"{PORTAL}/threads/7" in text and f'href="{PORTAL}/threads/7"' in page
+    parsed = parse(msg)
+    assert parsed["Subject"] == NOTICE_SUBJECT
+    assert str(parsed["From"]) == FROM and parsed["Reply-To"] is None
+
+
+def test_the_empty_reply_notice_names_the_reply_marker() -> None:
+    text = body(compose_notice(notice(reason=NoticeReason.EMPTY_REPLY), from_address=FROM), "plain")
+    assert REPLY_MARKER in flat(text)
+
+
+def test_a_notice_is_an_auto_reply_marked_as_ours_and_threaded_when_a_root_is_given() -> None:
+    msg = parse(compose_notice(notice(), from_address=FROM))
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["X-Auto-Response-Suppress"] == "All"
+    assert msg[OWN_MAIL_HEADER] == "99"
+    assert re.fullmatch(r"<n\.99\.[0-9a-f]{16}@reply\.example\.com>", msg["Message-ID"])
+    assert msg["In-Reply-To"] == msg["References"] == ROOT
+    assert msg.get_all("To") == ["client@example.org"]
+
+    unthreaded = parse(compose_notice(notice(thread_root_id=None), from_address=FROM))
+    assert unthreaded["In-Reply-To"] is None and unthreaded["References"] is None
+
+
+def test_a_notice_refuses_unsafe_links_and_unusable_addresses() -> None:
+    with pytest.raises(ComposeError) as refused:
+        compose_notice(notice(portal_link="javascript:alert(1)"), from_address=FROM)
+    assert refused.value.reason == "unsafe_link"
+    with pytest.raises(ComposeError) as refused:
+        compose_notice(notice(to_address="a@b.example\r\nBcc: x@y.example"), from_address=FROM)
+    assert refused.value.reason == "bad_address"
 
 
 def test_message_ids_are_fresh_for_every_email() -> None:

@@ -574,3 +574,13 @@ def test_long_adversarial_lines_are_handled(unit: str, repeat: int) -> None:
     assert len(result.text) <= _normalised_length(text)
     html = f"<div>{line}</div><blockquote>{line}</blockquote>"
     assert len(extract_reply_html(html).text) <= len(html)
+
+
+def test_an_undated_attribution_goes_with_the_quote_below_it() -> None:
+    text = "Thank you! Tuesday works.\n\nOn Monday, Dr. Dana Rivers wrote:\n> Could you come?\n"
+    assert extract_reply(text).text == "Thank you! Tuesday works."
+
+
+def test_an_undated_wrote_line_without_a_quote_below_is_the_writers_text() -> None:
+    text = "On Monday, my GP wrote:\nI should rest for a week, so I will skip Tuesday."
+    assert extract_reply(text).text == text

@@ -55,6 +55,7 @@ class Delivery:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    helo: str | None = None  # the name the client gave in EHLO/HELO
 
     def message(self) -> EmailMessage:
         parsed = email.message_from_bytes(self.data, policy=email.policy.default)
@@ -99,6 +100,7 @@ class SinkHandler:
                     mail_from=str(envelope.mail_from),
                     rcpt_tos=tuple(envelope.rcpt_tos),
                     data=envelope.original_content,
+                    helo=session.host_name,
                 )
             )
         else:

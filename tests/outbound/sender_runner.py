@@ -6,8 +6,8 @@ writes a short fixed email that carries the outbox id (`X-Bridge-Notification`)
 so the sink can count duplicates.
 
 Run as a script, it builds a `Store`, an `SmtpTransport` and a `Sender` from
-its arguments and runs rounds until no row is `pending` or `sending` (exit 0),
-or until its deadline (exit 3):
+its arguments and runs rounds itself (the sender's own loop is not started)
+until no row is `pending` or `sending` (exit 0), or until its deadline (exit 3):
 
     python sender_runner.py DATABASE_URL SMTP_PORT INSTANCE [--concurrency N]
         [--lease-seconds S] [--clock-offset-seconds S] [--deadline-seconds S]
@@ -24,6 +24,7 @@ import logging
 import secrets
 import sys
 import time
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -92,17 +93,19 @@ async def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.deadline_seconds
     async with (
         Store(args.database_url) as store,
-        Sender(
-            store,
-            SmtpTransport(settings),
-            plain_render,
-            instance=args.instance,
-            envelope_sender=FROM_ADDRESS,
-            hourly_cap=1_000_000,
-            concurrency=args.concurrency,
-            batch_size=args.concurrency * 2,
-            lease=timedelta(seconds=args.lease_seconds),
-            clock=clock,
+        aclosing(
+            Sender(
+                store,
+                SmtpTransport(settings),
+                plain_render,
+                instance=args.instance,
+                envelope_sender=FROM_ADDRESS,
+                hourly_cap=1_000_000,
+                concurrency=args.concurrency,
+                batch_size=args.concurrency * 2,
+                lease=timedelta(seconds=args.lease_seconds),
+                clock=clock,
+            )
         ) as sender,
     ):
         while await unfinished(store):

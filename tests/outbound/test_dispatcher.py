@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel, col, select, update
 
+from bridge.config import OutboundSettings
 from bridge.outbound.dispatcher import Dispatcher, DispatchResult, dispatch_batch
 from bridge.portal import Portal, Preferences, people, threads
 from bridge.store.engine import Store
@@ -32,6 +33,7 @@ from bridge.store.models import (
     NotificationMode,
     Outbox,
     OutboxStatus,
+    Participant,
     StaffRole,
     Thread,
 )
@@ -551,6 +553,35 @@ async def test_a_thread_locked_elsewhere_waits_for_a_later_batch_while_others_pr
     assert await undispatched(store) == 0
 
 
+async def test_a_message_held_elsewhere_between_two_of_ours_stops_the_thread_there(
+    store: Store, portal: Portal, practice: Practice
+) -> None:
+    if store.dialect == "sqlite":
+        pytest.skip("on SQLite BEGIN IMMEDIATE serialises whole transactions")
+    thread_id, first = await client_thread(portal, practice)
+    middle = await portal.post_message(thread_id, practice.clinician, "two", now=T0)
+    last = await portal.post_message(thread_id, practice.client, "three", now=T0)
+    # Another instance has taken the middle message but not yet locked the thread.
+    async with store.engine.connect() as elsewhere:
+        await elsewhere.begin()
+        await elsewhere.execute(
+            sa.text("SELECT id FROM messages WHERE id = :id FOR UPDATE"), {"id": middle}
+        )
+        meanwhile = await asyncio.wait_for(dispatch(store), 10)
+        assert meanwhile.messages == 1, "only the message before the gap"
+        assert {row.message_id for row in await outbox(store)} == {first}
+        await elsewhere.rollback()
+
+    assert (await dispatch(store)).messages == 2
+    dispatched = await outbox(store, col(Outbox.recipient_id) == practice.supervisor)
+    # In id order, as one dispatcher would: the supervisor never read, so one email only.
+    assert [(row.message_id, row.status) for row in dispatched] == [
+        (first, PENDING),
+        (middle, COALESCED),
+        (last, COALESCED),
+    ]
+
+
 # --- cost -------------------------------------------------------------------------------
 
 
@@ -639,6 +670,38 @@ async def test_wake_dispatches_without_waiting_for_the_poll_interval_and_stop_en
     await eventually(lambda: _is_zero(undispatched(store)), "the woken loop to dispatch")
     stop.set()
     await asyncio.wait_for(loop, 10)
+
+
+async def test_from_settings_takes_batch_size_and_coalesce_window_from_outbound(
+    store: Store, portal: Portal, practice: Practice, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.outbound.dispatcher")
+    await portal.set_notification_mode(
+        practice.org, NotificationMode.CONVENIENCE, acknowledged_by=practice.admin
+    )
+    async with store.transaction() as session:
+        await session.exec(
+            update(Participant)
+            .where(col(Participant.id) == practice.client)
+            .values(email_content_consent=True)
+        )
+    thread_id, first = await client_thread(portal, practice)
+    second = await portal.post_message(thread_id, practice.clinician, "answer", now=T0)
+    settings = OutboundSettings(
+        coalesce_window_seconds=600, batch_size=1, poll_interval_seconds=0.01
+    )
+    beats: list[str] = []
+
+    async with Dispatcher.from_settings(store, settings, beat=beats.append, clock=lambda: T0):
+        await eventually(lambda: _is_zero(undispatched(store)), "both messages dispatched")
+
+    batches = [r for r in caplog.records if r.getMessage() == "dispatched"]
+    assert [getattr(r, "messages", None) for r in batches] == [1, 1], "one message per batch"
+    (carrier,) = await outbox(store, col(Outbox.recipient_id) == practice.client)
+    assert (carrier.message_id, carrier.mode) == (second, NotificationMode.CONVENIENCE.value)
+    assert as_utc(carrier.next_attempt_at) == T0 + timedelta(seconds=600)
+    assert first < second
+    assert set(beats) == {"dispatcher"}
 
 
 async def _true(value: bool) -> bool:

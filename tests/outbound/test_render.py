@@ -20,7 +20,15 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel, col, delete, select, update
 
-from bridge.mail.compose import INVITATION_SUBJECT, SECURE_SUBJECT
+from bridge.config import OutboundSettings, TokenSettings
+from bridge.mail.compose import (
+    INVITATION_SUBJECT,
+    NOTICE_REASONS,
+    NOTICE_SUBJECT,
+    SECURE_SUBJECT,
+    NoticeReason,
+    thread_root_id,
+)
 from bridge.mail.extract import REPLY_MARKER
 from bridge.mail.headers import OWN_MAIL_HEADER
 from bridge.outbound.render import (
@@ -261,6 +269,7 @@ async def test_headers_name_one_recipient_and_the_message_id_is_saved_on_the_row
     assert msg["Cc"] is None and msg["Bcc"] is None
     assert msg[OWN_MAIL_HEADER] == str(row_id)
     assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Auto-Response-Suppress"] == "All"
     assert msg["Message-ID"].startswith(f"<n.{row_id}.")
     assert msg["Message-ID"].endswith(f"@{REPLY_DOMAIN}>")
     assert msg["Date"].datetime == NOW
@@ -523,11 +532,6 @@ async def test_convenience_row_with_nothing_left_to_carry_fails_with_nothing_new
     )
 
 
-async def test_notice_rows_are_not_rendered_here(store: Store, scene: Scene) -> None:
-    row_id = await add_row(store, scene, kind=OutboxKind.NOTICE.value, reason="sender_mismatch")
-    assert await render_fails(store, row_id) is RenderFailure.UNSUPPORTED_KIND
-
-
 async def test_render_error_carries_no_content(store: Store, scene: Scene) -> None:
     async with store.transaction() as session:
         await session.exec(
@@ -540,3 +544,134 @@ async def test_render_error_carries_no_content(store: Store, scene: Scene) -> No
         with pytest.raises(RenderError) as failed:
             await render(session, row, CTX, now=NOW)
     assert str(failed.value) == f"no_address (outbox {row_id})"
+
+
+def test_the_context_comes_from_outbound_and_tokens_settings() -> None:
+    ctx = RenderContext.from_settings(
+        OutboundSettings(from_address="notify@practice.example"),
+        TokenSettings(lifetime_days=7, address_format="r-{token}"),
+        token_secret=SECRET,
+    )
+    assert ctx == RenderContext("notify@practice.example", SECRET, timedelta(days=7), "r-{token}")
+
+
+# -- notices: automatic answers to held emails ------------------------------------------
+
+
+NOTICE = OutboxKind.NOTICE.value
+
+
+def notice_row(**fields: Any) -> dict[str, Any]:
+    """A notice as the inbound side writes it: a reason, no message."""
+    return {"kind": NOTICE, "message_id": None, **fields}
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("reason", list(NoticeReason))
+async def test_each_notice_reason_tells_the_participant_what_to_do_at_the_address_on_file(
+    store: Store, scene: Scene, reason: NoticeReason
+) -> None:
+    # The held email came from elsewhere; the notice goes to the address we have on file.
+    row_id = await add_row(
+        store, scene, **notice_row(reason=reason.value, to_address="imposter@elsewhere.example")
+    )
+    msg = await render_row(store, row_id)
+    assert msg["Subject"] == NOTICE_SUBJECT
+    assert [a.addr_spec for a in msg["To"].addresses] == ["client@example.org"]
+    assert msg["Cc"] is None and msg["Bcc"] is None and msg["Reply-To"] is None
+    text, page = text_of(msg), text_of(msg, "html")
+    assert flat(NOTICE_REASONS[reason]) in flat(text)
+    assert [r for r in NoticeReason if flat(NOTICE_REASONS[r]) in flat(text)] == [reason]
+    link = f"{PORTAL_URL}/threads/{scene.thread}"
+    assert link in text and f'href="{link}"' in page
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["X-Auto-Response-Suppress"] == "All"
+    assert msg[OWN_MAIL_HEADER] == str(row_id)
+    root = thread_root_id(SECRET, scene.thread, scene.client, REPLY_DOMAIN)
+    assert msg["In-Reply-To"] == msg["References"] == root
+    assert msg["Message-ID"].startswith(f"<n.{row_id}.")
+    assert msg["Message-ID"].endswith(f"@{REPLY_DOMAIN}>")
+    async with store.read() as session:
+        row = await session.get(Outbox, row_id)
+        assert row is not None and row.message_id_header == msg["Message-ID"]
+
+
+async def test_a_notice_carries_nothing_from_the_store_even_where_convenience_applies(
+    store: Store, scene: Scene
+) -> None:
+    # Convenience mode, consent, and even a convenience `mode` on the row: a notice
+    # still shows no subject, body, name, topic or file name, and issues no token.
+    await convenience_mode(scene)
+    for reason in NoticeReason:
+        for person in (scene.client, scene.parent, scene.clinician):
+            notice = await render_row(
+                store,
+                await add_row(
+                    store,
+                    scene,
+                    **notice_row(reason=reason.value, recipient_id=person, mode="convenience"),
+                ),
+            )
+            leaked = everything_readable(notice)
+            assert [key for key, m in scene.markers.items() if m in leaked] == [], reason
+            assert notice["Reply-To"] is None
+    async with store.read() as session:
+        assert list(await session.exec(select(ReplyToken))) == []
+    # The positive control: the same search finds the content in a convenience email.
+    full = everything_readable(
+        await render_row(store, await add_row(store, scene, mode="convenience"))
+    )
+    assert scene.markers["subject"] in full and scene.markers["text"] in full
+
+
+async def test_a_notice_to_an_unknown_sender_goes_to_the_bare_address_with_the_front_page(
+    store: Store, scene: Scene
+) -> None:
+    row_id = await add_row(
+        store,
+        scene,
+        **notice_row(
+            reason=NoticeReason.UNKNOWN_RECIPIENT.value,
+            recipient_id=None,
+            thread_id=None,
+            to_address="stranger@elsewhere.example",
+        ),
+    )
+    msg = await render_row(store, row_id)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["stranger@elsewhere.example"]
+    text = text_of(msg)
+    assert PORTAL_URL in text and "/threads/" not in everything_readable(msg)
+    assert msg["In-Reply-To"] is None and msg["References"] is None
+    assert msg["Auto-Submitted"] == "auto-replied"
+    leaked = everything_readable(msg)
+    assert [key for key, m in scene.markers.items() if m in leaked] == []
+
+
+async def test_a_notice_to_a_participant_who_lost_the_thread_links_to_the_front_page(
+    store: Store, scene: Scene
+) -> None:
+    row_id = await add_row(store, scene, **notice_row(reason="sender_mismatch"))
+    await scene.portal.delete_permanently(scene.thread, scene.client)
+    msg = await render_row(store, row_id)
+    assert "/threads/" not in everything_readable(msg)
+    assert PORTAL_URL in text_of(msg)
+    assert msg["In-Reply-To"] is None
+
+
+async def test_a_notice_with_a_reason_that_has_no_wording_is_not_sent(
+    store: Store, scene: Scene
+) -> None:
+    for reason in ("no_such_reason", None):
+        row_id = await add_row(store, scene, **notice_row(reason=reason))
+        assert await render_fails(store, row_id) is RenderFailure.UNKNOWN_REASON
+
+
+async def test_a_notice_for_a_deactivated_participant_is_not_sent(
+    store: Store, scene: Scene
+) -> None:
+    row_id = await add_row(store, scene, **notice_row(reason="empty_reply"))
+    await scene.portal.deactivate(scene.client)
+    assert await render_fails(store, row_id) is RenderFailure.NO_ACCESS

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -21,15 +22,25 @@ from sender_runner import FROM_ADDRESS, plain_render
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bridge.config import OutboundSettings, OutboundSmtpSettings, TokenSettings
 from bridge.mail.headers import OWN_MAIL_HEADER
 from bridge.outbound.dispatcher import dispatch_batch
+from bridge.outbound.outcomes import AUDIT_FAILED
 from bridge.outbound.queue import AUDIT_RETRIED, list_rows, retry
 from bridge.outbound.render import RenderContext, render
-from bridge.outbound.sender import AUDIT_FAILED, Render, Sender
+from bridge.outbound.sender import Render, Sender
 from bridge.outbound.transport import SmtpTransport
 from bridge.portal import Portal
 from bridge.store.engine import Store
-from bridge.store.models import AuditEvent, Outbox, OutboxStatus, ReplyToken, StaffRole
+from bridge.store.models import (
+    AuditEvent,
+    NotificationMode,
+    Outbox,
+    OutboxKind,
+    OutboxStatus,
+    ReplyToken,
+    StaffRole,
+)
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 BASE = timedelta(minutes=1)
@@ -37,6 +48,13 @@ CAP = timedelta(minutes=30)
 SEED = 7
 
 PENDING, SENDING = OutboxStatus.PENDING.value, OutboxStatus.SENDING.value
+COALESCED = OutboxStatus.COALESCED.value
+CONTEXT = RenderContext(
+    from_address=FROM_ADDRESS,
+    token_secret=b"k" * 32,
+    token_lifetime=timedelta(days=30),
+    address_format="reply+{token}",
+)
 SENT, FAILED = OutboxStatus.SENT.value, OutboxStatus.FAILED.value
 
 
@@ -58,9 +76,10 @@ def make_sender(
     render_with: Render = plain_render,
     instance: str = "test-a",
     **options: Any,
-) -> Sender:
+) -> aclosing[Sender]:
+    """A sender whose rounds the test runs itself (`run_once`); leaving closes its transport."""
     options.setdefault("hourly_cap", 1000)
-    return Sender(
+    sender = Sender(
         store,
         SmtpTransport(sink.settings()),
         render_with,
@@ -72,6 +91,7 @@ def make_sender(
         rng=random.Random(SEED),
         **options,
     )
+    return aclosing(sender)
 
 
 async def outbox_row(store: Store, row_id: int) -> Outbox:
@@ -438,31 +458,72 @@ async def test_a_bug_in_the_renderer_is_a_temporary_failure(
 # --- the loop ------------------------------------------------------------------------------
 
 
-async def test_run_beats_every_round_and_wake_starts_a_round_at_once(
+async def test_entered_it_runs_rounds_beats_and_wake_starts_a_round_at_once(
     store: Store, seed: Seed, sink: Sink
 ) -> None:
     (client,) = await seed.people(1, T0)
-    beats: list[int] = []
+    beats: list[str] = []
     first_round = asyncio.Event()
 
-    def beat() -> None:
-        beats.append(len(beats))
+    def beat(name: str) -> None:
+        beats.append(name)
         first_round.set()
 
-    stop = asyncio.Event()
-    async with make_sender(store, sink, Clock(T0), beat=beat, poll_interval=3600) as sender:
-        loop = asyncio.create_task(sender.run(stop))
+    sender = Sender(
+        store,
+        SmtpTransport(sink.settings()),
+        plain_render,
+        instance="test-a",
+        envelope_sender=FROM_ADDRESS,
+        clock=Clock(T0),
+        beat=beat,
+        poll_interval=3600,
+    )
+    async with sender:
         await asyncio.wait_for(first_round.wait(), 10)
         (row_id,) = await seed.rows([client], T0)  # arrives while the loop sleeps for an hour
 
         sender.wake()
 
         await sink.wait_for(1)
+
+    assert sink.notification_ids() == [str(row_id)]
+    assert (await outbox_row(store, row_id)).status == SENT, "the round finished before exit"
+    assert len(beats) >= 2 and set(beats) == {"sender"}
+    assert sink.live == set(), "leaving closed the transport's connections"
+
+
+async def test_run_with_a_stop_event_survives_a_failing_round(
+    store: Store, seed: Seed, sink: Sink
+) -> None:
+    (client,) = await seed.people(1, T0)
+    (row_id,) = await seed.rows([client], T0)
+    rounds: list[datetime] = []
+
+    def failing_then_fine_clock() -> datetime:
+        rounds.append(T0)
+        if len(rounds) == 1:
+            raise RuntimeError("clock bug")  # the whole round fails, before any claim
+        return T0
+
+    stop = asyncio.Event()
+    async with aclosing(
+        Sender(
+            store,
+            SmtpTransport(sink.settings()),
+            plain_render,
+            instance="test-a",
+            envelope_sender=FROM_ADDRESS,
+            clock=failing_then_fine_clock,
+            poll_interval=0.01,
+        )
+    ) as sender:
+        loop = asyncio.create_task(sender.run(stop))
+        await sink.wait_for(1)
         stop.set()
         await asyncio.wait_for(loop, 10)
 
     assert sink.notification_ids() == [str(row_id)]
-    assert len(beats) >= 2
 
 
 async def test_log_lines_carry_ids_and_codes_and_never_an_address(
@@ -472,11 +533,11 @@ async def test_log_lines_carry_ids_and_codes_and_never_an_address(
     rows = await seed.rows(clients, T0)
     sink.script("250 OK", "451 4.3.0 try later", "550 5.1.1 <client2@example.net> unknown")
 
-    with caplog.at_level(logging.INFO, logger="bridge.outbound.sender"):
+    with caplog.at_level(logging.INFO, logger="bridge.outbound"):
         async with make_sender(store, sink, Clock(T0), concurrency=1) as sender:
             await sender.run_once()
 
-    lines = [r for r in caplog.records if r.name == "bridge.outbound.sender"]
+    lines = [r for r in caplog.records if r.name.startswith("bridge.outbound.")]
     assert {r.getMessage() for r in lines} == {"outbox sent", "outbox deferred", "outbox failed"}
     assert {(getattr(r, "outbox_id", None), getattr(r, "code", None)) for r in lines} == {
         (rows[0], 250),
@@ -557,15 +618,6 @@ async def test_a_portal_message_reaches_the_relay_once_through_dispatcher_and_re
         now=T0,
     )
     await dispatch_batch(store, now=T0, coalesce_window=timedelta(seconds=60))
-    context = RenderContext(
-        from_address=FROM_ADDRESS,
-        token_secret=b"k" * 32,
-        token_lifetime=timedelta(days=30),
-        address_format="reply+{token}",
-    )
-
-    async def real_render(session: AsyncSession, row: Outbox, now: datetime) -> EmailMessage:
-        return await render(session, row, context, now=now)
 
     async with make_sender(store, sink, Clock(T0), render_with=real_render) as sender:
         assert await sender.run_once() >= 1
@@ -582,3 +634,132 @@ async def test_a_portal_message_reaches_the_relay_once_through_dispatcher_and_re
     assert b"Panic attacks" not in delivery.data and b"sleep" not in delivery.data
     assert tokens == [], "secure mode issues no reply token"
     assert ref.thread_id == row.thread_id
+
+
+async def real_render(session: AsyncSession, row: Outbox, now: datetime) -> EmailMessage:
+    return await render(session, row, CONTEXT, now=now)
+
+
+async def test_a_convenience_row_with_nothing_left_to_carry_is_coalesced_not_failed(
+    store: Store, sink: Sink
+) -> None:
+    portal = Portal(store)
+    org = await portal.create_organization(
+        "Harbour Therapy", "https://portal.example.com", "reply.example.com", now=T0
+    )
+    admin = await portal.add_staff(
+        org, "Admin", [StaffRole.PRACTICE_ADMIN], ["admin@harbour.example"], now=T0
+    )
+    clinician = await portal.add_staff(
+        org, "Dr Quill", [StaffRole.CLINICIAN], ["quill@harbour.example"], now=T0
+    )
+    client = await portal.add_client(
+        org,
+        "Ingrid",
+        ["ingrid@client.example"],
+        has_portal_account=True,
+        email_content_consent=True,
+        now=T0,
+    )
+    await portal.set_notification_mode(org, NotificationMode.CONVENIENCE, acknowledged_by=admin)
+    ref = await portal.create_thread(
+        org, client, "Subject", author_id=clinician, body_text="hello", now=T0
+    )
+    await dispatch_batch(store, now=T0, coalesce_window=timedelta(seconds=60))
+    # Within the coalescing window the client reads the message in the portal.
+    await portal.mark_read(ref.thread_id, client)
+    async with store.read() as session:
+        (row,) = await session.exec(select(Outbox).where(Outbox.recipient_id == client))
+    assert (row.mode, row.status) == (NotificationMode.CONVENIENCE.value, PENDING)
+    assert row.id is not None
+
+    async with make_sender(
+        store, sink, Clock(T0 + timedelta(minutes=2)), render_with=real_render
+    ) as sender:
+        await sender.run_once()
+
+    done = await outbox_row(store, row.id)
+    assert (done.status, done.attempts, done.smtp_code) == (COALESCED, 0, None)
+    assert (done.lease_owner, done.lease_expires_at) == (None, None)
+    assert await audit_events(store) == []
+    assert sink.deliveries == []
+
+
+async def test_a_notice_to_an_unknown_sender_is_sent_to_that_address_as_an_auto_reply(
+    store: Store, seed: Seed, sink: Sink
+) -> None:
+    await seed.people(1, T0)
+    async with store.transaction() as session:
+        notice = Outbox(
+            kind=OutboxKind.NOTICE.value,
+            reason="unknown_recipient",
+            organization_id=seed.org,
+            to_address="Stranger@Elsewhere.example",
+            created_at=T0,
+            next_attempt_at=T0,
+        )
+        session.add(notice)
+        await session.flush()
+        assert notice.id is not None
+        notice_id = notice.id
+
+    async with make_sender(store, sink, Clock(T0), render_with=real_render) as sender:
+        await sender.run_once()
+
+    (delivery,) = sink.deliveries
+    assert delivery.rcpt_tos == ("Stranger@elsewhere.example",)
+    assert delivery.header("Auto-Submitted") == "auto-replied"
+    assert delivery.header(OWN_MAIL_HEADER) == str(notice_id)
+    assert (await outbox_row(store, notice_id)).status == SENT
+
+
+async def test_from_settings_takes_sender_address_batch_size_and_backoff_from_outbound(
+    store: Store, sink: Sink
+) -> None:
+    portal = Portal(store)
+    org = await portal.create_organization(
+        "Harbour Therapy", "https://portal.example.com", "reply.example.com", now=T0
+    )
+    clinician = await portal.add_staff(
+        org, "Dr Quill", [StaffRole.CLINICIAN], ["quill@harbour.example"], now=T0
+    )
+    client = await portal.add_client(
+        org, "Ingrid", ["ingrid@client.example"], has_portal_account=True, now=T0
+    )
+    for subject in ("one", "two", "three"):
+        await portal.create_thread(
+            org, client, subject, author_id=clinician, body_text="hello", now=T0
+        )
+    await dispatch_batch(store, now=T0, coalesce_window=timedelta(seconds=60))
+    settings = OutboundSettings(
+        from_address="notify@harbour.example",
+        batch_size=2,
+        retry_base_seconds=10,
+        retry_max_seconds=10,
+        smtp=OutboundSmtpSettings(concurrency=1),
+    )
+    context = RenderContext.from_settings(settings, TokenSettings(), token_secret=b"k" * 32)
+    sink.script("451 4.3.0 try later")
+    sender = Sender.from_settings(
+        store,
+        settings,
+        context,
+        instance="test-a",
+        transport=SmtpTransport(sink.settings()),
+        clock=Clock(T0),
+        rng=random.Random(SEED),
+    )
+
+    async with aclosing(sender):
+        assert await sender.run_once() == 2, "batch_size"
+
+    first, second, third = sorted((await statuses(store)).items())
+    assert [first[1], second[1], third[1]] == [PENDING, SENT, PENDING]
+    deferred = await outbox_row(store, first[0])
+    assert deferred.next_attempt_at == T0 + timedelta(seconds=10) * random.Random(SEED).uniform(
+        0.5, 1.5
+    )
+    assert (await outbox_row(store, third[0])).attempts == 0, "left for the next round"
+    (delivery,) = sink.deliveries
+    assert delivery.mail_from == "notify@harbour.example"
+    assert delivery.message()["From"].addresses[0].addr_spec == "notify@harbour.example"

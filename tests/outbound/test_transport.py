@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import AUTH_PASSWORD, AUTH_USER, DROP, CertFiles, Sink
 
+from bridge.config import OutboundSettings
 from bridge.outbound.queue import TEST_SUBJECT, send_test
 from bridge.outbound.transport import (
     MAX_ANSWER,
@@ -21,6 +22,8 @@ from bridge.outbound.transport import (
     SendResult,
     SmtpTransport,
     TransientSendError,
+    TransportSettingsError,
+    transport_from_settings,
 )
 
 SENDER = "bridge@example.org"
@@ -334,6 +337,71 @@ async def test_starttls_verifies_against_a_trusted_certificate(
         await transport.aclose()
 
 
+async def test_ca_file_makes_a_relay_with_a_private_ca_verify(
+    tls_sink: Sink, self_signed: CertFiles
+) -> None:
+    settings = tls_sink.settings(
+        security="starttls",
+        username=AUTH_USER,
+        password=AUTH_PASSWORD,
+        ca_file=str(self_signed.cert),
+    )
+    assert settings.verify_certificates, "verification stays on"
+    transport = SmtpTransport(settings)
+    try:
+        assert (await send(transport)).code == 250
+    finally:
+        await transport.aclose()
+    assert len(tls_sink.deliveries) == 1
+    assert tls_sink.tls_failures == 0
+
+
+@pytest.mark.parametrize("content", [None, "this is not a certificate\n"])
+async def test_a_ca_file_that_cannot_be_loaded_is_a_settings_error_naming_the_key(
+    sink: Sink, tmp_path: Path, content: str | None
+) -> None:
+    bad = tmp_path / "ca.pem"
+    if content is not None:
+        bad.write_text(content)
+    with pytest.raises(TransportSettingsError) as caught:
+        SmtpTransport(sink.settings(security="starttls", ca_file=str(bad)))
+    assert str(caught.value).startswith(f"outbound.smtp.ca_file = {str(bad)!r}: cannot load it")
+
+
+async def test_helo_hostname_is_the_name_announced_in_ehlo(sink: Sink) -> None:
+    transport = SmtpTransport(sink.settings(helo_hostname="bridge.harbour.example"))
+    try:
+        await send(transport)
+    finally:
+        await transport.aclose()
+    assert [d.helo for d in sink.deliveries] == ["bridge.harbour.example"]
+
+
+# --- from settings -----------------------------------------------------------------------
+
+
+async def test_transport_from_settings_writes_files_for_file_and_uses_the_relay_for_smtp(
+    sink: Sink, tmp_path: Path
+) -> None:
+    to_files = transport_from_settings(OutboundSettings(transport="file", file_dir=tmp_path))
+    await to_files.send(email_to(), sender=SENDER, recipient=RECIPIENT, name="7")
+    await to_files.aclose()
+    assert os.listdir(tmp_path) == ["7.eml"]
+
+    smtp = sink.settings(helo_hostname="from-settings.example")
+    to_relay = transport_from_settings(
+        OutboundSettings(transport="smtp", file_dir=tmp_path, smtp=smtp)
+    )
+    try:
+        await to_relay.send(email_to(), sender=SENDER, recipient=RECIPIENT, name="8")
+    finally:
+        await to_relay.aclose()
+    assert [(d.rcpt_tos, d.helo) for d in sink.deliveries] == [
+        ((RECIPIENT,), "from-settings.example")
+    ]
+    assert os.listdir(tmp_path) == ["7.eml"], "nothing written by the smtp transport"
+
+
 async def test_a_wrong_password_is_a_temporary_failure_not_a_refusal_of_the_email(
     tls_sink: Sink,
 ) -> None:
@@ -393,6 +461,7 @@ async def test_the_test_email_is_fixed_text_marked_as_our_own(sink: Sink) -> Non
     assert delivery.header("Subject") == TEST_SUBJECT
     assert delivery.header("X-Bridge-Notification") == "test"
     assert delivery.header("Auto-Submitted") == "auto-generated"
+    assert delivery.header("X-Auto-Response-Suppress") == "All"
 
 
 async def test_the_test_email_through_the_file_transport_gets_a_dated_name(
