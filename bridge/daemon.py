@@ -188,6 +188,7 @@ class Daemon:
                         instance=self.instance,
                         token_secret=secret,
                         beat=self.liveness.beat,
+                        metrics=self.metrics,
                     ),
                     "the inbound pipeline",
                 )
@@ -208,6 +209,7 @@ class Daemon:
                             ListenerOptions.from_settings(smtp),
                             rules,
                             stop_grace=self.settings.daemon.shutdown_grace_seconds,
+                            metrics=self.metrics,
                         ),
                         f"the inbound {smtp.protocol.upper()} listener on {where}",
                     )
@@ -263,6 +265,7 @@ class Daemon:
                 RenderContext.from_settings(outbound, self.settings.tokens, token_secret=secret),
                 instance=self.instance,
                 beat=self.liveness.beat,
+                metrics=self.metrics,
             )
         except BridgeError as err:  # e.g. an unreadable CA file for the relay
             raise StartupError(f"cannot start the sender: {err}") from err

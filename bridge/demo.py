@@ -175,6 +175,19 @@ async def _scenario(
         raise DemoError("the clinician's notification does not carry the reply")
     say(f"8. the clinician is notified with the reply: {path.relative_to(folder)}")
 
+    sample = daemon.metrics.registry.get_sample_value
+    sent = sum(
+        sample("bridge_notifications_sent_total", {"mode": mode.value, "kind": "notification"})
+        or 0.0
+        for mode in NotificationMode
+    )
+    accepted = sample("bridge_inbound_accepted_total", {"via": "smtp"}) or 0.0
+    filed = sample("bridge_inbound_processed_total", {"status": "filed", "reason": "none"})
+    say(
+        f"9. metrics (/metrics when [health] is on): {sent:.0f} notifications sent,"
+        f" {accepted:.0f} reply accepted, {filed or 0:.0f} filed"
+    )
+
 
 async def _practice(portal: Portal) -> Scene:
     org = await portal.create_organization(

@@ -54,6 +54,7 @@ from bridge.inbound._pipeline_decide import (
 from bridge.inbound._pipeline_file import FileResult, Filing, file_reply, set_aside
 from bridge.inbound.receipt import ReplyRules
 from bridge.mail.attachments import AttachmentLimits
+from bridge.metrics import Metrics
 from bridge.poll import PollLoop
 from bridge.store.engine import Store
 from bridge.store.models import InboundEmail, InboundStatus
@@ -101,8 +102,10 @@ class Pipeline:
         beat: Callable[[str], None] | None = None,
         retry_base: timedelta = timedelta(seconds=30),
         retry_cap: timedelta = timedelta(hours=1),
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.settings = settings
         self.rules = rules
         self.blob_dir = blob_dir
@@ -130,6 +133,7 @@ class Pipeline:
         token_secret: bytes | None = None,
         beat: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        metrics: Metrics | None = None,
     ) -> Self:
         """A pipeline from the whole config. `token_secret` defaults to `tokens.secret`
         (the daemon passes the key it resolved, which may be the generated one)."""
@@ -150,6 +154,7 @@ class Pipeline:
             instance=instance,
             clock=clock,
             beat=beat,
+            metrics=metrics,
         )
 
     async def __aenter__(self) -> Self:
@@ -186,6 +191,7 @@ class Pipeline:
         )
         for row_id in parked:
             log.info("inbound parked", extra={"inbound_id": row_id, "reason": "error"})
+            self._count(InboundStatus.PARKED.value, "error")
         for job in jobs:
             await self._process_guarded(job)
         return len(jobs) + len(parked)
@@ -211,6 +217,7 @@ class Pipeline:
             )
             if parked:
                 log.info("inbound parked", extra={"inbound_id": job.id, "reason": "error"})
+                self._count(InboundStatus.PARKED.value, "error")
 
     async def _process(self, job: Job) -> None:
         now = self.clock()
@@ -228,6 +235,7 @@ class Pipeline:
                 _log_row(
                     job, done.result.value, thread_id=decision.thread_id, message_id=done.message_id
                 )
+                self._count(done.result.value, None)
                 return
             if done.result is FileResult.DUPLICATE:
                 decision = aside(InboundStatus.DROPPED, "duplicate", decision.token)
@@ -248,6 +256,11 @@ class Pipeline:
             thread_id=decision.thread_id,
             outbox_id=notice_id,
         )
+        self._count(decision.status.value if ours else FileResult.LOST.value, decision.reason)
+
+    def _count(self, status: str, reason: str | None) -> None:
+        if self.metrics is not None:
+            self.metrics.inbound_processed(status, reason)
 
     async def _load(self, row_id: int) -> StoredEmail | None:
         async with self.store.read() as session:

@@ -54,6 +54,7 @@ from bridge.inbound.receipt import (
     storable_address,
     store_raw,
 )
+from bridge.metrics import Metrics
 from bridge.store.engine import Store
 from bridge.store.models import InboundVia
 
@@ -127,12 +128,19 @@ class InboundHandler:
     """
 
     def __init__(
-        self, store: Store, rules: ReplyRules, *, via: InboundVia, clock: Clock = _utcnow
+        self,
+        store: Store,
+        rules: ReplyRules,
+        *,
+        via: InboundVia,
+        clock: Clock = _utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
         self._via = via
         self._clock = clock
+        self._metrics = metrics
 
     async def handle_EHLO(
         self,
@@ -159,6 +167,8 @@ class InboundHandler:
         # would turn into a 451 at DATA time, retried by the sender for days.
         if address != "<>" and not storable_address(address):
             log.info("inbound sender refused", extra={"reason": "bad_sender", "smtp_code": 553})
+            if self._metrics is not None:
+                self._metrics.inbound_refused("bad_sender")
             return _BAD_SENDER
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -195,6 +205,8 @@ class InboundHandler:
                 "inbound recipient refused",
                 extra={"reason": verdict.reason, "smtp_code": verdict.code},
             )
+            if self._metrics is not None:
+                self._metrics.inbound_refused(verdict.reason)
         return verdict.answer
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
@@ -225,6 +237,8 @@ class InboundHandler:
                 "bytes": len(raw),
             },
         )
+        if self._metrics is not None:
+            self._metrics.inbound_accepted(self._via.value)
         return self._answer([f"250 2.0.0 Queued as {row_id}" for row_id in ids])
 
     def _answer(self, lines: list[str]) -> str:
@@ -318,6 +332,7 @@ class Listener:
         *,
         clock: Clock = _utcnow,
         stop_grace: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         if (options.tls_cert_file is None) != (options.tls_key_file is None):
             raise ListenerError("STARTTLS needs both a certificate and a key file")
@@ -329,7 +344,7 @@ class Listener:
             raise ListenerError("require_starttls is not supported with LMTP")
         self._options = options
         self._via = InboundVia(options.protocol)
-        self._handler = InboundHandler(store, rules, via=self._via, clock=clock)
+        self._handler = InboundHandler(store, rules, via=self._via, clock=clock, metrics=metrics)
         self._stop_grace = stop_grace
         self._server: asyncio.Server | None = None
         self._sessions: set[_SmtpSession] = set()

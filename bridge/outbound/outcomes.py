@@ -34,6 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col, update
 
+from bridge.metrics import Metrics
 from bridge.outbound.transport import SendResult, clip
 from bridge.store.engine import Store
 from bridge.store.models import AuditEvent, Outbox, OutboxStatus
@@ -58,6 +59,8 @@ class Job:
     recipient_id: int | None
     thread_id: int | None
     message_id: int | None
+    mode: str
+    kind: str
 
     @classmethod
     def of(cls, row: Outbox, lease_expires_at: datetime) -> Job:
@@ -71,6 +74,8 @@ class Job:
             row.recipient_id,
             row.thread_id,
             row.message_id,
+            row.mode,
+            row.kind,
         )
 
 
@@ -107,8 +112,10 @@ class Outcomes:
         retry: Retry,
         rng: random.Random,
         clock: Callable[[], datetime],
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.instance = instance
         self.retry = retry
         self.rng = rng
@@ -146,6 +153,10 @@ class Outcomes:
         extra = {"outbox_id": job.id, "code": result.code, "attempt": job.attempts + 1}
         if done.rowcount:
             log.info("outbox sent", extra=extra)
+            if self.metrics is not None:
+                self.metrics.notification_sent(job.mode, job.kind)
+                # From the outbox row's creation (the dispatch, within a poll of the message).
+                self.metrics.observe_latency("outbound", job.created_at, now)
         else:
             log.warning("outbox sent, but the lease was lost before recording it", extra=extra)
 
@@ -219,6 +230,8 @@ class Outcomes:
                         detail=detail,
                     )
                 )
+        if self.metrics is not None:
+            self.metrics.notification_failed(job.mode, reason)
         log.warning(
             "outbox failed",
             extra={"outbox_id": job.id, "code": code, "attempt": attempt, "reason": reason or "-"},

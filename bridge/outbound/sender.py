@@ -46,6 +46,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bridge.config import OutboundSettings
 from bridge.errors import BridgeError
+from bridge.metrics import Metrics
 from bridge.outbound.cap import HourlyLoad
 from bridge.outbound.outcomes import Job, Outcomes, Retry, ours
 from bridge.outbound.render import RenderContext, RenderError, RenderFailure, render
@@ -130,6 +131,7 @@ class Sender:
         clock: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
         beat: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if min(hourly_cap, concurrency, batch_size) < 1:
             raise ValueError("hourly_cap, concurrency and batch_size must be at least 1")
@@ -150,6 +152,7 @@ class Sender:
             retry=Retry(base=backoff_base, cap=backoff_cap, horizon=retry_horizon),
             rng=rng or random.Random(),  # noqa: S311 (jitter, not a secret)
             clock=clock,
+            metrics=metrics,
         )
         self._slots = asyncio.Semaphore(concurrency)
         self._loop = PollLoop(self.name, self._step, poll_interval=poll_interval, beat=beat)
@@ -166,6 +169,7 @@ class Sender:
         transport: Transport | None = None,
         clock: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> Self:
         """A sender configured from `[outbound]`, rendering with `render_ctx`.
 
@@ -192,6 +196,7 @@ class Sender:
             clock=clock,
             rng=rng,
             beat=beat,
+            metrics=metrics,
         )
 
     async def __aenter__(self) -> Self:

@@ -17,8 +17,8 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from conftest import Seed, Sink
 from sender_runner import FROM_ADDRESS, plain_render
+from smtp_sink import Seed, Sink
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import Seed, Sink
+from smtp_sink import Seed, Sink
 from sqlmodel import select
 
 from bridge.store.engine import Store

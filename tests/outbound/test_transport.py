@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import AUTH_PASSWORD, AUTH_USER, DROP, CertFiles, Sink
+from smtp_sink import AUTH_PASSWORD, AUTH_USER, DROP, CertFiles, Sink
 
 from bridge.config import OutboundSettings
 from bridge.outbound.queue import TEST_SUBJECT, send_test
