@@ -135,3 +135,39 @@ class PollLoop:
     def _heartbeat(self) -> None:
         if self._beat is not None:
             self._beat(self.name)
+
+
+class Worker:
+    """A daemon component driven by one `PollLoop` held in `self._loop`.
+
+    `async with worker:` runs the loop in the background and, on exit, lets the
+    step in flight finish and then calls `aclose()` (which releases whatever the
+    worker holds: a transport, say). `run(stop)` drives the loop in the caller's
+    own task instead; `wake()` starts the next step now.
+    """
+
+    _loop: PollLoop
+
+    async def __aenter__(self) -> Self:
+        self._loop.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._loop.stop()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release what the worker holds once its loop has stopped (nothing, by default)."""
+
+    def wake(self) -> None:
+        self._loop.wake()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._loop.run(stop)

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bridge.inbound.receipt import ReplyRules, check_recipient, may_reply_by_email
+from bridge.inbound.receipt import ReplyRules, check_recipient, token_row_verdict
 from bridge.mail.address import InvalidAddress, normalize_domain
 from bridge.mail.loops import body_fingerprint
-from bridge.policy.tokens import TokenState, TokenVerdict, check_token
+from bridge.policy.tokens import TokenVerdict
 from bridge.store.models import (
     Audience,
     EmailAddress,
@@ -115,17 +115,7 @@ async def token_verdict(
     if found is None:
         return Resolution(verdict=TokenVerdict.UNKNOWN.value)
     token, audience, organization_id = found
-    state = TokenState(
-        participant_id=token.participant_id,
-        thread_id=token.thread_id,
-        expires_at=_aware(token.expires_at),
-        revoked_at=None if token.revoked_at is None else _aware(token.revoked_at),
-    )
-    verdict = check_token(state, now=now, participant_has_access=True)
-    if verdict is TokenVerdict.VALID and not await may_reply_by_email(
-        session, token.participant_id, token.thread_id, Audience(audience)
-    ):
-        verdict = check_token(state, now=now, participant_has_access=False)
+    verdict = await token_row_verdict(session, token, Audience(audience), now)
     return Resolution(
         verdict=verdict.value,
         token_id=token_id,
@@ -257,8 +247,3 @@ def _domain(address: str) -> str | None:
         return normalize_domain(address.strip().strip("<>").rpartition("@")[2])
     except (InvalidAddress, ValueError):
         return None
-
-
-def _aware(moment: datetime) -> datetime:
-    """Timestamps are stored in UTC; SQLite hands them back without a zone."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

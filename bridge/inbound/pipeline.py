@@ -34,7 +34,6 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from sqlmodel import col, select
@@ -55,7 +54,7 @@ from bridge.inbound._pipeline_file import FileResult, Filing, file_reply, set_as
 from bridge.inbound.receipt import ReplyRules
 from bridge.mail.attachments import AttachmentLimits
 from bridge.metrics import Metrics
-from bridge.poll import PollLoop
+from bridge.poll import PollLoop, Worker
 from bridge.store.engine import Store
 from bridge.store.models import InboundEmail, InboundStatus
 
@@ -83,7 +82,7 @@ class PipelineError(BridgeError):
     """The pipeline cannot run with these settings."""
 
 
-class Pipeline:
+class Pipeline(Worker):
     """The inbound worker; enter it as an async context manager to run its loop.
 
     `run_once()` does one batch (tests call it directly). `clock` is the only
@@ -156,25 +155,6 @@ class Pipeline:
             beat=beat,
             metrics=metrics,
         )
-
-    async def __aenter__(self) -> Self:
-        await self._loop.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._loop.stop()
-
-    def wake(self) -> None:
-        """Look for work now (a receiver just stored a row)."""
-        self._loop.wake()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._loop.run(stop)
 
     async def _step(self) -> bool:
         return await self.run_once() > 0

@@ -159,17 +159,7 @@ async def check_recipient(
     if _normal_domain(reply_domain) != domain:
         return UNKNOWN
     assert row.id is not None
-    state = TokenState(
-        participant_id=row.participant_id,
-        thread_id=row.thread_id,
-        expires_at=_aware(row.expires_at),
-        revoked_at=None if row.revoked_at is None else _aware(row.revoked_at),
-    )
-    verdict = check_token(state, now=now, participant_has_access=True)
-    if verdict is TokenVerdict.VALID and not await may_reply_by_email(
-        session, row.participant_id, row.thread_id, Audience(audience)
-    ):
-        verdict = check_token(state, now=now, participant_has_access=False)
+    verdict = await token_row_verdict(session, row, Audience(audience), now)
     if verdict is TokenVerdict.VALID:
         return RecipientVerdict(True, ACCEPTED.code, ACCEPTED.answer, ACCEPTED.reason, row.id)
     return RecipientVerdict(False, 550, _REFUSALS[verdict], verdict.value, row.id)
@@ -271,6 +261,27 @@ def storable_address(address: str) -> bool:
     except UnicodeEncodeError:
         return False
     return _CONTROL.search(address) is None
+
+
+async def token_row_verdict(
+    session: AsyncSession, row: ReplyToken, audience: Audience, now: datetime
+) -> TokenVerdict:
+    """The verdict on a stored token at `now`, the participant's access included.
+
+    Access is only read from the store when the token itself is still good.
+    """
+    state = TokenState(
+        participant_id=row.participant_id,
+        thread_id=row.thread_id,
+        expires_at=_aware(row.expires_at),
+        revoked_at=None if row.revoked_at is None else _aware(row.revoked_at),
+    )
+    verdict = check_token(state, now=now, participant_has_access=True)
+    if verdict is TokenVerdict.VALID and not await may_reply_by_email(
+        session, row.participant_id, row.thread_id, audience
+    ):
+        verdict = check_token(state, now=now, participant_has_access=False)
+    return verdict
 
 
 async def may_reply_by_email(

@@ -30,13 +30,11 @@ instances share the work:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Self
 
 import sqlalchemy as sa
@@ -46,7 +44,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bridge.config import OutboundSettings
 from bridge.outbound.plan import History, NewMessage, ThreadInfo, plan
 from bridge.policy.recipients import Member
-from bridge.poll import PollLoop
+from bridge.poll import PollLoop, Worker
 from bridge.store.engine import Store
 from bridge.store.models import (
     Audience,
@@ -352,7 +350,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Dispatcher:
+class Dispatcher(Worker):
     """The dispatch loop: batches until the queue is empty, then a pause.
 
     One batch (`dispatch_batch`) is the step of a `bridge.poll.PollLoop`, which
@@ -404,26 +402,6 @@ class Dispatcher:
             clock=clock,
             beat=beat,
         )
-
-    async def __aenter__(self) -> Self:
-        self._loop.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._loop.stop()
-
-    def wake(self) -> None:
-        """Look for new messages now instead of at the end of the pause."""
-        self._loop.wake()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch until `stop` is set; one failing batch never ends the loop."""
-        await self._loop.run(stop)
 
     async def _step(self) -> bool:
         """One batch; true when it dispatched something (more may wait)."""

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import getaddresses
-from types import TracebackType
 from typing import Self
 
 from sqlmodel import col, select
@@ -56,7 +55,7 @@ from bridge.outbound.transport import (
     Transport,
     transport_from_settings,
 )
-from bridge.poll import PollLoop
+from bridge.poll import PollLoop, Worker
 from bridge.store.engine import Store
 from bridge.store.models import Outbox, OutboxStatus
 
@@ -85,7 +84,7 @@ class _Ready:
     recipient: str
 
 
-class Sender:
+class Sender(Worker):
     """Sends due outbox rows; one instance per daemon, several daemons per store.
 
     As an async context manager it runs its loop in a background task; leaving
@@ -199,32 +198,9 @@ class Sender:
             metrics=metrics,
         )
 
-    async def __aenter__(self) -> Self:
-        self._loop.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self._loop.stop()
-        finally:
-            await self.aclose()
-
     async def aclose(self) -> None:
         """Close the transport; the sender is not used afterwards."""
         await self.transport.aclose()
-
-    def wake(self) -> None:
-        """Start the next round now instead of at the end of the pause."""
-        self._loop.wake()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Rounds until `stop` is set; the round in progress is finished first."""
-        await self._loop.run(stop)
 
     async def _step(self) -> bool:
         # A full batch means "there may be more right now"; anything less, a pause.
