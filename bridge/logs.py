@@ -64,7 +64,16 @@ def configure(level: str = "INFO", fmt: str = "plain", stream: TextIO | None = N
     set_level(level)
     # Libraries that log message content or peer addresses at INFO are kept quieter.
     # aiosqlite logs every statement with its parameters (raw mail bytes) at DEBUG.
-    for noisy in ("mail.log", "aiosmtpd", "aioimaplib", "mailparser", "aiosqlite"):
+    # alembic.runtime.plugins announces its autogenerate plugins on every schema check.
+    quiet = (
+        "mail.log",
+        "aiosmtpd",
+        "aioimaplib",
+        "mailparser",
+        "aiosqlite",
+        "alembic.runtime.plugins",
+    )
+    for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
