@@ -16,11 +16,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bridge import config, logs
-from bridge.commands import EXIT_FAILURE, EXIT_USAGE, Context, Handler, core, demo, inbound, outbox
+from bridge.commands import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    Context,
+    Handler,
+    core,
+    demo,
+    inbound,
+    outbox,
+    retention,
+)
 from bridge.daemon import StartupError
 
 # Each module adds its sub-commands; the order is the order `bridge --help` lists them.
-COMMAND_MODULES = (core, outbox, inbound, demo)
+COMMAND_MODULES = (core, outbox, inbound, retention, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -336,7 +336,7 @@ class JobSchedule(_Table):
 class RetentionSettings(_Table):
     purge: JobSchedule = Field(default_factory=JobSchedule)
     housekeeping: JobSchedule = Field(default_factory=lambda: JobSchedule(every_seconds=300.0))
-    batch_size: Annotated[int, _between(1, 100_000)] = 1000
+    batch_size: Annotated[int, _between(1, 100_000)] = 200
     lease_seconds: _Seconds = 600.0
     raw_inbound_days: _AtLeastOne = 30
     sent_outbox_days: _AtLeastOne = 90

@@ -36,6 +36,7 @@ from bridge.outbound.dispatcher import Dispatcher
 from bridge.outbound.render import RenderContext
 from bridge.outbound.sender import Sender
 from bridge.poll import PollLoop
+from bridge.scheduler import Scheduler
 from bridge.store.engine import Store, sqlite_path
 from bridge.store.migrate import check as check_schema
 from bridge.systemd import Notifier
@@ -179,6 +180,18 @@ class Daemon:
                 store = await stack.enter_async_context(open_store(self.settings.store))
                 self.store = store
                 secret = token_secret(self.settings, store)
+                self.scheduler = await enter(
+                    stack,
+                    Scheduler(
+                        store,
+                        self.settings.retention,
+                        blob_dir=self.settings.store.blob_dir,
+                        instance=self.instance,
+                        beat=self.liveness.beat,
+                        stop_grace=self.settings.daemon.shutdown_grace_seconds,
+                    ),
+                    "the scheduler",
+                )
                 await self._start_outbound(stack, store, secret)
                 self.pipeline = await enter(
                     stack,

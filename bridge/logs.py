@@ -72,6 +72,7 @@ def configure(level: str = "INFO", fmt: str = "plain", stream: TextIO | None = N
         "mailparser",
         "aiosqlite",
         "alembic.runtime.plugins",
+        "apscheduler",  # one INFO line per job run
     )
     for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -33,7 +33,14 @@ def write_blob_sync(blob_dir: Path, data: bytes) -> str:
     sha256 = hashlib.sha256(data).hexdigest()
     target = blob_path(blob_dir, sha256)
     if target.is_file() and target.stat().st_size == len(data):
-        return sha256
+        # Touch it: the purge never removes a blob changed within its grace period, so a
+        # blob reused just as its last old reference is purged survives until our row
+        # commits. If the purge removed it meanwhile, write it again below.
+        try:
+            os.utime(target)
+            return sha256
+        except FileNotFoundError:
+            pass
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # mkstemp creates the file readable by its owner only: blobs are health records.
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
