@@ -24,13 +24,14 @@ from bridge.commands import (
     core,
     demo,
     inbound,
+    ops,
     outbox,
     retention,
 )
 from bridge.daemon import StartupError
 
 # Each module adds its sub-commands; the order is the order `bridge --help` lists them.
-COMMAND_MODULES = (core, outbox, inbound, retention, demo)
+COMMAND_MODULES = (core, ops, outbox, inbound, retention, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
