@@ -28,6 +28,7 @@ from typing import TypeVar
 from bridge import config, logs
 from bridge.errors import BridgeError
 from bridge.health import HealthServer
+from bridge.inbound.imap import ImapReceiver
 from bridge.inbound.pipeline import Pipeline
 from bridge.inbound.receipt import ReplyRules
 from bridge.inbound.smtp import Listener, ListenerOptions
@@ -226,6 +227,18 @@ class Daemon:
                         ),
                         f"the inbound {smtp.protocol.upper()} listener on {where}",
                     )
+                imap = self.settings.inbound.imap
+                if imap.enabled:
+                    try:
+                        receiver = ImapReceiver(
+                            store,
+                            imap,
+                            address_format=self.settings.tokens.address_format,
+                            beat=self.liveness.beat,
+                        )
+                    except ValueError as err:  # a setting the receiver cannot work with
+                        raise StartupError(f"cannot start the IMAP receiver: {err}") from err
+                    self.imap = await enter(stack, receiver, "the IMAP receiver")
                 health = self.settings.health
                 if health.enabled:
                     await enter(
