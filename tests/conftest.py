@@ -17,11 +17,17 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
 
 from bridge.store.engine import Store
 from bridge.store.migrate import upgrade
 
 PG_ENV = "BRIDGE_TEST_DATABASE_URL"
+
+# Speed is measured in bench/, never in tests: no per-example deadline, which a loaded
+# CI machine would otherwise turn into flaky failures.
+hypothesis_settings.register_profile("bridge", deadline=None)
+hypothesis_settings.load_profile("bridge")
 
 
 def _libpq(url: sa.URL) -> str:
