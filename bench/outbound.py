@@ -39,8 +39,8 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import aiosmtplib
-import psycopg
 import sqlalchemy as sa
+from _scratch import drop_postgres, scratch_postgres
 from sqlmodel import col
 
 from bridge.config import OutboundSettings, OutboundSmtpSettings
@@ -260,23 +260,6 @@ def _outbound(args: argparse.Namespace) -> OutboundSettings:
 # --- running ---------------------------------------------------------------------------------
 
 
-def scratch_postgres(url: str) -> tuple[str, str]:
-    """A fresh database next to the one `url` names; returns (its URL, the admin URL)."""
-    admin = sa.make_url(url).set(drivername="postgresql")
-    plain = admin.render_as_string(hide_password=False)
-    name = f"bridge_bench_outbound_{os.getpid()}"
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"'.encode())
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    return admin.set(database=name).render_as_string(hide_password=False), plain
-
-
-def drop_postgres(url: str, admin: str) -> None:
-    name = sa.make_url(url).database
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-
-
 async def measure(backend: str, url: str, port: int, args: argparse.Namespace) -> Figures:
     raw = await raw_rate(port, args.messages, args.connections)
     ours = await bridge_rate(url, port, args)
@@ -300,7 +283,7 @@ async def main_async(args: argparse.Namespace, port: int) -> list[Figures]:
         url = f"sqlite:///{work / 'store.sqlite3'}"
         results.append(await measure("sqlite", url, port, args))
         if args.postgres:
-            pg_url, admin = scratch_postgres(args.postgres)
+            pg_url, admin = scratch_postgres(args.postgres, "bridge_bench_outbound")
             try:
                 results.append(await measure("postgresql", pg_url, port, args))
             finally:

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-import psycopg
 import sqlalchemy as sa
+from _scratch import drop_postgres, scratch_postgres
 
 from bridge.inbound.smtp import Listener, ListenerOptions, ReplyRules
 from bridge.policy.tokens import issue_token, reply_address
@@ -313,23 +313,6 @@ async def measure(backend: str, url: str, args: argparse.Namespace, work: Path) 
         purge_p99_ms=round(purge_p99, 2),
         p99_ratio=round(purge_p99 / idle_p99, 2),
     )
-
-
-def scratch_postgres(base: str) -> tuple[str, str]:
-    """A fresh database next to `base`: (its URL, the admin URL to drop it with)."""
-    admin = sa.make_url(base).set(drivername="postgresql")
-    name = f"bridge_bench_{os.getpid()}"
-    plain = admin.render_as_string(hide_password=False)
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"'.encode())
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    return admin.set(database=name).render_as_string(hide_password=False), plain
-
-
-def drop_postgres(url: str, admin: str) -> None:
-    name = sa.make_url(url).database
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
 async def main_async(args: argparse.Namespace) -> list[Figures]:
